@@ -10,7 +10,7 @@ import pytest
 _BACKENDS: list[Any] = [pytest.param(("asyncio", {"use_uvloop": False}), id="asyncio")]
 if sys.platform != "win32":
     _BACKENDS.append(pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"))
-_BACKENDS.append(pytest.param(("trio", {}), id="trio"))
+_BACKENDS.append(pytest.param(("trio", dict[str, Any]()), id="trio"))
 
 
 @pytest.fixture(params=_BACKENDS)

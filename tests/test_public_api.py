@@ -1,0 +1,70 @@
+"""Public namespaces: ``__all__`` agrees with the exports; nothing leaks a private module."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+from types import ModuleType
+
+import pytest
+
+import anydgram
+
+PUBLIC_NAMESPACES = ["anydgram", "anydgram.serializers"]
+
+
+def _public_names(module: ModuleType) -> set[str]:
+    return {
+        name
+        for name, value in vars(module).items()
+        if not name.startswith("_")
+        and not isinstance(value, ModuleType)
+        and name not in {"annotations", "TYPE_CHECKING"}
+    }
+
+
+@pytest.mark.parametrize("module_name", PUBLIC_NAMESPACES)
+def test_all_matches_exports(module_name: str) -> None:
+    module = importlib.import_module(module_name)
+    exported: tuple[str, ...] = module.__all__
+    assert isinstance(exported, tuple)
+    assert len(set(exported)) == len(exported), "duplicates in __all__"
+    for name in exported:
+        assert hasattr(module, name), f"{module_name}.__all__ names missing {name}"
+    assert _public_names(module) - {"__version__"} <= set(exported)
+
+
+@pytest.mark.parametrize("module_name", PUBLIC_NAMESPACES)
+def test_public_objects_report_a_public_module(module_name: str) -> None:
+    module = importlib.import_module(module_name)
+    for name in module.__all__:
+        obj = getattr(module, name)
+        owner = getattr(obj, "__module__", None)
+        if owner is None or not (isinstance(obj, type) or callable(obj)):
+            continue
+        if not owner.startswith("anydgram"):
+            continue  # re-exported from elsewhere on purpose (typing.Any behind Address)
+        assert owner in PUBLIC_NAMESPACES, f"{module_name}.{name} reports {owner}"
+        assert not any(part.startswith("_") for part in owner.split("."))
+
+
+def test_errors_are_value_errors() -> None:
+    for cls in (
+        anydgram.DeserializeError,
+        anydgram.DatagramProtocolParseError,
+        anydgram.DatagramTooLargeError,
+    ):
+        assert issubclass(cls, ValueError)
+
+
+def test_command_line_entry_points() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "anydgram", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"anydgram {anydgram.__version__}"
