@@ -6,20 +6,38 @@ Python objects; a :class:`DatagramProtocol` turns them into datagrams and back.
 
 from __future__ import annotations
 
+from ._endpoint import Address as Address
+from ._endpoint import DatagramClient as DatagramClient
+from ._endpoint import DatagramEndpoint as DatagramEndpoint
 from ._errors import DatagramProtocolParseError as DatagramProtocolParseError
 from ._errors import DatagramTooLargeError as DatagramTooLargeError
 from ._errors import DeserializeError as DeserializeError
+from ._open_endpoint import connect_udp as connect_udp
+from ._open_endpoint import connect_unix_datagram as connect_unix_datagram
+from ._open_endpoint import open_udp_endpoint as open_udp_endpoint
+from ._open_endpoint import open_unix_datagram_endpoint as open_unix_datagram_endpoint
 from ._protocol import MAX_UDP_PAYLOAD as MAX_UDP_PAYLOAD
 from ._protocol import DatagramProtocol as DatagramProtocol
+from ._socket_io import SocketProxy as SocketProxy
+from ._statistics import EndpointStatistics as EndpointStatistics
 from ._version import __version__ as __version__
 
 __all__ = (
     "MAX_UDP_PAYLOAD",
+    "Address",
+    "DatagramClient",
+    "DatagramEndpoint",
     "DatagramProtocol",
     "DatagramProtocolParseError",
     "DatagramTooLargeError",
     "DeserializeError",
+    "EndpointStatistics",
+    "SocketProxy",
     "__version__",
+    "connect_udp",
+    "connect_unix_datagram",
+    "open_udp_endpoint",
+    "open_unix_datagram_endpoint",
 )
 
 

@@ -1,0 +1,384 @@
+"""Opening endpoints: name resolution, socket creation and options, then adoption.
+
+``connect_udp`` and friends build a stdlib socket, set it up and hand it to
+``DatagramClient``/``DatagramEndpoint``; nothing here is on the per-datagram path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import sys
+from typing import Any, overload
+
+import anyio
+from anyio.lowlevel import checkpoint
+
+from ._endpoint import DatagramClient, DatagramEndpoint
+from ._protocol import DatagramProtocol, RecvT, SendT
+from ._socket_io import set_recverr
+
+__all__ = (
+    "connect_udp",
+    "connect_unix_datagram",
+    "open_udp_endpoint",
+    "open_unix_datagram_endpoint",
+)
+
+StrPath = str | os.PathLike[str]
+
+
+def check_port(port: object) -> int:
+    """Return ``port`` if it is a valid port number, else raise ``TypeError``/``ValueError``."""
+    if not isinstance(port, int) or isinstance(port, bool):
+        raise TypeError(f"port must be an int, not {type(port).__name__}")
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port must be between 0 and 65535, got {port}")
+    return port
+
+
+def check_host(host: object) -> str:
+    """Return ``host`` if it is a non-empty string, else raise ``TypeError``/``ValueError``."""
+    if not isinstance(host, str):
+        raise TypeError(f"host must be a str, not {type(host).__name__}")
+    if not host:
+        raise ValueError("host must not be empty")
+    return host
+
+
+def apply_buffer_sizes(
+    sock: socket.socket, recv_buffer_size: int | None, send_buffer_size: int | None
+) -> None:
+    """Ask the kernel for the given buffer sizes (it may grant more or, capped, less)."""
+    for option, size, name in (
+        (socket.SO_RCVBUF, recv_buffer_size, "recv_buffer_size"),
+        (socket.SO_SNDBUF, send_buffer_size, "send_buffer_size"),
+    ):
+        if size is None:
+            continue
+        if not isinstance(size, int) or isinstance(size, bool):
+            raise TypeError(f"{name} must be an int, not {type(size).__name__}")
+        if size <= 0:
+            raise ValueError(f"{name} must be positive, got {size}")
+        sock.setsockopt(socket.SOL_SOCKET, option, size)
+
+
+def _describe(sockaddr: Any) -> str:
+    host, port = sockaddr[0], sockaddr[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _all_failed(what: str, attempts: list[tuple[Any, OSError]]) -> OSError:
+    detail = "; ".join(f"{_describe(addr)}: {exc}" for addr, exc in attempts)
+    error = OSError(f"{what} ({detail})")
+    error.__cause__ = ExceptionGroup(what, [exc for _, exc in attempts])
+    return error
+
+
+@overload
+async def connect_udp(
+    host: str,
+    port: int,
+    *,
+    protocol: None = None,
+    local_address: tuple[str, int] | None = None,
+    family: int = socket.AF_UNSPEC,
+    recv_buffer_size: int | None = None,
+    send_buffer_size: int | None = None,
+) -> DatagramClient[bytes, bytes]: ...
+@overload
+async def connect_udp(
+    host: str,
+    port: int,
+    *,
+    protocol: DatagramProtocol[SendT, RecvT],
+    local_address: tuple[str, int] | None = None,
+    family: int = socket.AF_UNSPEC,
+    recv_buffer_size: int | None = None,
+    send_buffer_size: int | None = None,
+) -> DatagramClient[SendT, RecvT]: ...
+async def connect_udp(
+    host: str,
+    port: int,
+    *,
+    protocol: DatagramProtocol[Any, Any] | None = None,
+    local_address: tuple[str, int] | None = None,
+    family: int = socket.AF_UNSPEC,
+    recv_buffer_size: int | None = None,
+    send_buffer_size: int | None = None,
+) -> DatagramClient[Any, Any]:
+    """Open a UDP socket connected to ``host``:``port``.
+
+    The name is resolved with :func:`anyio.getaddrinfo`; each address it returns is tried in
+    turn until a socket connects (binding ``local_address`` first, when given).
+
+    Args:
+        host: A host name or a literal IPv4/IPv6 address.
+        port: The peer's port.
+        protocol: Packets to datagrams and back; raw :class:`bytes` when omitted.
+        local_address: ``(host, port)`` to bind before connecting.
+        family: ``AF_INET`` or ``AF_INET6`` to restrict the addresses tried.
+        recv_buffer_size: ``SO_RCVBUF`` to request, in bytes.
+        send_buffer_size: ``SO_SNDBUF`` to request, in bytes.
+
+    Raises:
+        TypeError: ``host`` or ``port`` has the wrong type.
+        ValueError: ``port`` is out of range.
+        OSError: The name does not resolve (:exc:`socket.gaierror`), or no address could be
+            connected; the message names each address tried and ``__cause__`` is an
+            :exc:`ExceptionGroup` of the individual errors.
+    """
+    check_host(host)
+    check_port(port)
+    infos = await anyio.getaddrinfo(host, port, family=family, type=socket.SOCK_DGRAM)
+    failures: list[tuple[Any, OSError]] = []
+    for info_family, _, proto, _, sockaddr in infos:
+        try:
+            sock = socket.socket(info_family, socket.SOCK_DGRAM, proto)
+        except OSError as exc:
+            failures.append((sockaddr, exc))
+            continue
+        try:
+            apply_buffer_sizes(sock, recv_buffer_size, send_buffer_size)
+            if local_address is not None:
+                sock.bind(local_address)
+            sock.connect(sockaddr)
+        except OSError as exc:
+            sock.close()
+            failures.append((sockaddr, exc))
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        return DatagramClient._adopt(sock, protocol)
+    raise _all_failed(f"could not connect to {host}:{port}", failures)
+
+
+def _wildcard(family: int) -> tuple[str, int]:
+    if family == socket.AF_INET6:
+        return "::", socket.AF_INET6
+    if family in (socket.AF_INET, socket.AF_UNSPEC):
+        return "0.0.0.0", socket.AF_INET
+    raise ValueError(f"family must be AF_INET, AF_INET6 or AF_UNSPEC, got {family!r}")
+
+
+@overload
+async def open_udp_endpoint(
+    host: str | None = None,
+    port: int = 0,
+    *,
+    protocol: None = None,
+    family: int = socket.AF_UNSPEC,
+    reuse_port: bool = False,
+    broadcast: bool = False,
+    recv_buffer_size: int | None = None,
+    send_buffer_size: int | None = None,
+) -> DatagramEndpoint[bytes, bytes]: ...
+@overload
+async def open_udp_endpoint(
+    host: str | None = None,
+    port: int = 0,
+    *,
+    protocol: DatagramProtocol[SendT, RecvT],
+    family: int = socket.AF_UNSPEC,
+    reuse_port: bool = False,
+    broadcast: bool = False,
+    recv_buffer_size: int | None = None,
+    send_buffer_size: int | None = None,
+) -> DatagramEndpoint[SendT, RecvT]: ...
+async def open_udp_endpoint(
+    host: str | None = None,
+    port: int = 0,
+    *,
+    protocol: DatagramProtocol[Any, Any] | None = None,
+    family: int = socket.AF_UNSPEC,
+    reuse_port: bool = False,
+    broadcast: bool = False,
+    recv_buffer_size: int | None = None,
+    send_buffer_size: int | None = None,
+) -> DatagramEndpoint[Any, Any]:
+    """Open a UDP socket bound to ``host``:``port`` that can talk to any peer.
+
+    Args:
+        host: The local address to bind. ``None`` binds the wildcard address: ``0.0.0.0``,
+            or ``::`` when ``family`` is ``AF_INET6``.
+        port: The local port; 0 lets the kernel pick a free one (see
+            :attr:`~DatagramEndpoint.local_address`).
+        protocol: Packets to datagrams and back; raw :class:`bytes` when omitted.
+        family: ``AF_INET`` or ``AF_INET6`` to restrict the addresses tried.
+        reuse_port: Set ``SO_REUSEPORT``, so several sockets can share the port.
+        broadcast: Set ``SO_BROADCAST``, allowing sends to broadcast addresses.
+        recv_buffer_size: ``SO_RCVBUF`` to request, in bytes.
+        send_buffer_size: ``SO_SNDBUF`` to request, in bytes.
+
+    Raises:
+        TypeError: An argument has the wrong type.
+        ValueError: ``port`` is out of range, or ``family`` is not an IP family.
+        OSError: The name does not resolve, or no address could be bound (message and
+            ``__cause__`` as for :func:`connect_udp`).
+    """
+    check_port(port)
+    if host is None:
+        host, family = _wildcard(family)
+    else:
+        check_host(host)
+    if reuse_port and not hasattr(socket, "SO_REUSEPORT"):
+        raise ValueError("reuse_port=True is not supported on this platform")
+    infos = await anyio.getaddrinfo(
+        host, port, family=family, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE
+    )
+    failures: list[tuple[Any, OSError]] = []
+    for info_family, _, proto, _, sockaddr in infos:
+        try:
+            sock = socket.socket(info_family, socket.SOCK_DGRAM, proto)
+        except OSError as exc:
+            failures.append((sockaddr, exc))
+            continue
+        try:
+            apply_buffer_sizes(sock, recv_buffer_size, send_buffer_size)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if broadcast:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            sock.bind(sockaddr)
+            set_recverr(sock)
+        except OSError as exc:
+            sock.close()
+            failures.append((sockaddr, exc))
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        return DatagramEndpoint._adopt(sock, protocol)
+    raise _all_failed(f"could not bind {host}:{port}", failures)
+
+
+def _unix_path(path: object, name: str) -> str:
+    if not isinstance(path, str | os.PathLike):
+        raise TypeError(f"{name} must be a str or os.PathLike, not {type(path).__name__}")
+    result: str | bytes = os.fspath(path)  # pyright: ignore[reportUnknownArgumentType]
+    if not isinstance(result, str):
+        raise TypeError(f"{name} must be a str path, not {type(result).__name__}")
+    if not result:
+        raise ValueError(f"{name} must not be empty")
+    return result
+
+
+def _unix_socket() -> socket.socket:
+    if not hasattr(socket, "AF_UNIX"):  # pragma: no cover - Windows
+        raise OSError("Unix datagram sockets are not supported on this platform")
+    return socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+
+
+@overload
+async def connect_unix_datagram(
+    path: StrPath,
+    *,
+    protocol: None = None,
+    local_path: StrPath | None = None,
+    recv_buffer_size: int | None = None,
+    send_buffer_size: int | None = None,
+) -> DatagramClient[bytes, bytes]: ...
+@overload
+async def connect_unix_datagram(
+    path: StrPath,
+    *,
+    protocol: DatagramProtocol[SendT, RecvT],
+    local_path: StrPath | None = None,
+    recv_buffer_size: int | None = None,
+    send_buffer_size: int | None = None,
+) -> DatagramClient[SendT, RecvT]: ...
+async def connect_unix_datagram(
+    path: StrPath,
+    *,
+    protocol: DatagramProtocol[Any, Any] | None = None,
+    local_path: StrPath | None = None,
+    recv_buffer_size: int | None = None,
+    send_buffer_size: int | None = None,
+) -> DatagramClient[Any, Any]:
+    r"""Open a Unix datagram socket connected to the socket at ``path``.
+
+    A peer can only answer a Unix datagram socket that has an address, so when ``local_path``
+    is omitted the socket is bound to a kernel-chosen abstract name (Linux); elsewhere it stays
+    unbound and can only send.
+
+    Args:
+        path: The peer's path; a Linux abstract name starts with ``"\\0"``.
+        protocol: Packets to datagrams and back; raw :class:`bytes` when omitted.
+        local_path: The path to bind first; it is removed again when the client closes.
+        recv_buffer_size: ``SO_RCVBUF`` to request, in bytes.
+        send_buffer_size: ``SO_SNDBUF`` to request, in bytes (this bounds the largest
+            datagram a Unix socket can send).
+
+    Raises:
+        TypeError: A path has the wrong type.
+        OSError: The path cannot be bound or connected (no such socket, permission denied...).
+    """
+    target = _unix_path(path, "path")
+    local = None if local_path is None else _unix_path(local_path, "local_path")
+    await checkpoint()
+    sock = _unix_socket()
+    try:
+        apply_buffer_sizes(sock, recv_buffer_size, send_buffer_size)
+        if local is not None:
+            sock.bind(local)
+        elif sys.platform.startswith("linux"):
+            sock.bind("")  # autobind: a unique abstract name the peer can reply to
+        sock.connect(target)
+        return DatagramClient._adopt(sock, protocol, unlink_path=local)
+    except BaseException:
+        sock.close()
+        if local is not None and not local.startswith("\0"):
+            with contextlib.suppress(OSError):
+                os.unlink(local)
+        raise
+
+
+@overload
+async def open_unix_datagram_endpoint(
+    path: StrPath,
+    *,
+    protocol: None = None,
+    recv_buffer_size: int | None = None,
+    send_buffer_size: int | None = None,
+) -> DatagramEndpoint[bytes, bytes]: ...
+@overload
+async def open_unix_datagram_endpoint(
+    path: StrPath,
+    *,
+    protocol: DatagramProtocol[SendT, RecvT],
+    recv_buffer_size: int | None = None,
+    send_buffer_size: int | None = None,
+) -> DatagramEndpoint[SendT, RecvT]: ...
+async def open_unix_datagram_endpoint(
+    path: StrPath,
+    *,
+    protocol: DatagramProtocol[Any, Any] | None = None,
+    recv_buffer_size: int | None = None,
+    send_buffer_size: int | None = None,
+) -> DatagramEndpoint[Any, Any]:
+    r"""Open a Unix datagram socket bound to ``path`` that can talk to any peer.
+
+    The socket file is removed when the endpoint closes (abstract names need no removal).
+
+    Args:
+        path: The path to bind; a Linux abstract name starts with ``"\\0"``.
+        protocol: Packets to datagrams and back; raw :class:`bytes` when omitted.
+        recv_buffer_size: ``SO_RCVBUF`` to request, in bytes.
+        send_buffer_size: ``SO_SNDBUF`` to request, in bytes.
+
+    Raises:
+        TypeError: ``path`` has the wrong type.
+        OSError: The path cannot be bound (already in use, permission denied...).
+    """
+    local = _unix_path(path, "path")
+    await checkpoint()
+    sock = _unix_socket()
+    try:
+        apply_buffer_sizes(sock, recv_buffer_size, send_buffer_size)
+        sock.bind(local)
+    except BaseException:
+        sock.close()
+        raise
+    return DatagramEndpoint._adopt(sock, protocol, unlink_path=local)

@@ -1,0 +1,47 @@
+"""Statistics snapshots: frozen dataclasses, one per ``statistics()`` call."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ("EndpointStatistics",)
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointStatistics:
+    """What an endpoint or client has done since it was opened.
+
+    Every datagram the endpoint took from the kernel is in exactly one of
+    ``datagrams_received`` and ``oversize``. Of the received ones, those it could not deliver
+    are also in exactly one of ``parse_errors`` and ``unmatched_replies``. Datagrams the kernel
+    dropped before the endpoint read them are in ``kernel_drops``.
+
+    Attributes:
+        datagrams_received: Datagrams taken from the kernel, ``oversize`` ones excluded.
+        datagrams_sent: Datagrams the kernel accepted for sending.
+        bytes_received: Payload bytes of ``datagrams_received`` (oversize ones excluded).
+        bytes_sent: Payload bytes of ``datagrams_sent``.
+        parse_errors: Datagrams the protocol could not parse.
+        oversize: Datagrams longer than the protocol's ``max_datagram_size``, skipped unparsed
+            (not part of ``datagrams_received``).
+        send_errors: Sends the kernel refused for a reason other than an ICMP error.
+        icmp_errors: ICMP errors (port or host unreachable, ...) reported for earlier sends.
+        unmatched_replies: Datagrams ``request()`` received that no pending call claimed.
+        kernel_drops: Datagrams the kernel dropped for this socket (``SO_MEMINFO``, Linux;
+            0 elsewhere), read when ``statistics()`` is called.
+        recv_buffer_size: The receive buffer size the kernel granted, in bytes.
+        send_buffer_size: The send buffer size the kernel granted, in bytes.
+    """
+
+    datagrams_received: int
+    datagrams_sent: int
+    bytes_received: int
+    bytes_sent: int
+    parse_errors: int
+    oversize: int
+    send_errors: int
+    icmp_errors: int
+    unmatched_replies: int
+    kernel_drops: int
+    recv_buffer_size: int
+    send_buffer_size: int
