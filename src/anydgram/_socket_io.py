@@ -17,8 +17,8 @@ import sys
 from typing import Any, Final, overload
 
 import anyio
-from anyio.lowlevel import checkpoint, checkpoint_if_cancelled
 
+from ._backend import Primitives, current_primitives
 from ._errors import DatagramTooLargeError
 
 __all__ = ("SocketIO", "SocketProxy")
@@ -166,6 +166,11 @@ class SocketIO:
 
     ``max_datagram_size`` is the protocol's limit: receives read one byte more, so a longer
     datagram is detected (and counted in ``oversize``) instead of being silently truncated.
+
+    Fairness and cancellation: an operation that finds the kernel ready completes without
+    suspending, except that every ``_FAIRNESS_INTERVAL``-th such operation first passes a full
+    checkpoint. A cancellation is therefore raised before a system call, never after it, and a
+    task that always finds data ready still lets others run.
     """
 
     __slots__ = (
@@ -176,9 +181,12 @@ class SocketIO:
         "_is_unix",
         "_max_datagram_size",
         "_peer",
+        "_primitives",
         "_ready_ops",
-        "_recv_lock",
-        "_send_lock",
+        "_recv_followers",
+        "_recv_waiting",
+        "_send_followers",
+        "_send_waiting",
         "_unlink_path",
         "bytes_received",
         "bytes_sent",
@@ -209,9 +217,13 @@ class SocketIO:
         self._unlink_path = unlink_path
         self._closed = False
         self._ready_ops = 0
-        # Only tasks that must wait take a lock: anyio allows one waiter per direction per fd.
-        self._recv_lock = anyio.Lock(fast_acquire=True)
-        self._send_lock = anyio.Lock(fast_acquire=True)
+        self._primitives: Primitives | None = None
+        # anyio allows one waiter per direction per file descriptor: the first task to wait
+        # waits on the socket, any other waits for that one's wake-up (rare: concurrent use).
+        self._recv_waiting = False
+        self._recv_followers: anyio.Event | None = None
+        self._send_waiting = False
+        self._send_followers: anyio.Event | None = None
         self.datagrams_received = 0
         self.bytes_received = 0
         self.datagrams_sent = 0
@@ -232,6 +244,11 @@ class SocketIO:
         """The connected peer's address, or ``None`` for an unconnected socket."""
         return self._peer
 
+    @property
+    def max_datagram_size(self) -> int:
+        """The longest datagram delivered; longer ones are counted in ``oversize``."""
+        return self._max_datagram_size
+
     def kernel_drops(self) -> int:
         """Datagrams the kernel dropped for this socket (0 where the platform cannot say)."""
         if self._closed:
@@ -251,15 +268,20 @@ class SocketIO:
         if self._closed:
             raise anyio.ClosedResourceError
 
+    @property
+    def primitives(self) -> Primitives:
+        """The running backend's anyio primitives, looked up once per socket."""
+        primitives = self._primitives
+        if primitives is None:
+            primitives = self._primitives = current_primitives()
+        return primitives
+
     async def _fairness_checkpoint(self) -> None:
-        # Cheap cancellation check on every call; a full checkpoint (a chance for other tasks
-        # to run) only every few calls that found the kernel ready.
+        """Pass a full checkpoint every ``_FAIRNESS_INTERVAL`` calls that did not wait."""
         self._ready_ops += 1
         if self._ready_ops >= _FAIRNESS_INTERVAL:
             self._ready_ops = 0
-            await checkpoint()
-        else:
-            await checkpoint_if_cancelled()
+            await self.primitives.checkpoint()
 
     # -- receiving ---------------------------------------------------------------------------
 
@@ -275,15 +297,36 @@ class SocketIO:
             OSError: ``ConnectionRefusedError`` and the like on a connected socket, after an
                 ICMP error for an earlier send; anything else the kernel reports.
         """
-        sock = self.sock
-        bufsize = self._bufsize
+        try:
+            if self._connected:
+                data = self.sock.recv(self._bufsize)
+                address = self._peer
+            else:
+                data, address = self.sock.recvfrom(self._bufsize)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            self._on_recv_error(exc)
+            return self._recv_after_skip()
+        if len(data) > self._max_datagram_size:
+            self.oversize += 1
+            return self._recv_after_skip()
+        self.datagrams_received += 1
+        self.bytes_received += len(data)
+        if self._is_unix:
+            address = normalize_address(self._family, address)
+        return data, address
+
+    def _recv_after_skip(self) -> tuple[bytes, Any] | None:
+        # The slow path after an oversize datagram or a drained ICMP error: keep reading, but
+        # a bounded number of times, so a flood of junk cannot hold the event loop.
         for _ in range(_MAX_BATCH):
             try:
                 if self._connected:
-                    data = sock.recv(bufsize)
+                    data = self.sock.recv(self._bufsize)
                     address = self._peer
                 else:
-                    data, address = sock.recvfrom(bufsize)
+                    data, address = self.sock.recvfrom(self._bufsize)
             except BlockingIOError:
                 return None
             except OSError as exc:
@@ -302,8 +345,9 @@ class SocketIO:
     def recv_batch_nowait(self, max_count: int) -> list[tuple[bytes, Any]]:
         """Take up to ``max_count`` waiting datagrams without blocking (possibly none)."""
         batch: list[tuple[bytes, Any]] = []
+        recv_nowait = self.recv_nowait
         for _ in range(max_count):
-            item = self.recv_nowait()
+            item = recv_nowait()
             if item is None:
                 break
             batch.append(item)
@@ -315,14 +359,20 @@ class SocketIO:
         A cancellation either happens before a datagram is taken from the kernel or not at all,
         so a cancelled receive loses nothing.
         """
-        await self._fairness_checkpoint()
+        self._ready_ops += 1
+        if self._ready_ops >= _FAIRNESS_INTERVAL:
+            self._ready_ops = 0
+            await self.primitives.checkpoint()
+        item = self.recv_nowait()
+        if item is not None:
+            return item
         woke = False
         while True:
+            await self.wait_readable(after_wakeup=woke)
+            woke = True
             item = self.recv_nowait()
             if item is not None:
                 return item
-            await self.wait_readable(after_wakeup=woke)
-            woke = True
 
     async def recv_batch(self, max_count: int) -> list[tuple[bytes, Any]]:
         """Wait until at least one datagram is ready, then take up to ``max_count`` of them."""
@@ -341,16 +391,32 @@ class SocketIO:
         Pass ``after_wakeup=True`` when the previous wait returned but no datagram was there:
         with ``IP_RECVERR`` set, a queued ICMP error keeps poll() reporting the socket readable
         until the error queue is read, so it is drained first and the reader does not spin.
+
+        Raises:
+            anyio.ClosedResourceError: The socket was closed, before or during the wait.
         """
         self._ready_ops = 0
+        self._check_open()
         if after_wakeup and not self._connected and not self._is_unix:
             self.drain_error_queue()
-        async with self._recv_lock:
+        if self._recv_waiting:
+            followers = self._recv_followers
+            if followers is None:
+                followers = self._recv_followers = anyio.Event()
+            await followers.wait()
             self._check_open()
-            try:
-                await anyio.wait_readable(self.sock)
-            except anyio.ClosedResourceError:
-                raise anyio.ClosedResourceError from None
+            return
+        self._recv_waiting = True
+        try:
+            await self.primitives.wait_readable(self.sock)
+        except anyio.ClosedResourceError:
+            raise anyio.ClosedResourceError from None
+        finally:
+            self._recv_waiting = False
+            followers = self._recv_followers
+            if followers is not None:
+                self._recv_followers = None
+                followers.set()
         self._check_open()
 
     def _on_recv_error(self, exc: OSError) -> None:
@@ -398,67 +464,105 @@ class SocketIO:
             OSError: ``ConnectionRefusedError`` and the like on a connected socket; anything
                 else the kernel reports.
         """
-        sock = self.sock
-        for attempt in (0, 1):
-            try:
-                if self._connected:
-                    sock.send(data)
-                else:
-                    sock.sendto(data, address)
-            except BlockingIOError:
-                return False
-            except OSError as exc:
-                if self._closed or exc.errno == errno.EBADF:
-                    raise anyio.ClosedResourceError from None
-                if exc.errno == errno.EMSGSIZE:
-                    self.send_errors += 1
-                    raise DatagramTooLargeError(
-                        len(data),
-                        len(data) - 1,
-                        f"the kernel refused a datagram of {len(data)} bytes (EMSGSIZE)",
-                    ) from exc
-                if exc.errno in _ICMP_ERRNOS:
-                    if not self._connected and attempt == 0:
-                        # A pending ICMP error for an earlier send to another peer fails this
-                        # send too; it is on the error queue as well, counted from there.
-                        if not self.drain_error_queue():
-                            self.icmp_errors += 1
-                        continue
-                    self.icmp_errors += 1
-                else:
-                    self.send_errors += 1
-                raise
+        try:
+            if self._connected:
+                self.sock.send(data)
             else:
-                self.datagrams_sent += 1
-                self.bytes_sent += len(data)
-                return True
-        raise AssertionError("unreachable")  # pragma: no cover
+                self.sock.sendto(data, address)
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            return self._send_failed(exc, data, address)
+        self.datagrams_sent += 1
+        self.bytes_sent += len(data)
+        return True
+
+    def _send_failed(self, exc: OSError, data: bytes, address: Any) -> bool:
+        if self._closed or exc.errno == errno.EBADF:
+            raise anyio.ClosedResourceError from None
+        if exc.errno == errno.EMSGSIZE:
+            self.send_errors += 1
+            raise DatagramTooLargeError(
+                len(data),
+                len(data) - 1,
+                f"the kernel refused a datagram of {len(data)} bytes (EMSGSIZE)",
+            ) from exc
+        if exc.errno not in _ICMP_ERRNOS:
+            self.send_errors += 1
+            raise exc
+        if self._connected:
+            self.icmp_errors += 1
+            raise exc
+        # Unconnected: a pending ICMP error about an earlier send (to any peer) failed this
+        # one. It is on the error queue too, counted from there; then send once more.
+        if not self.drain_error_queue():
+            self.icmp_errors += 1
+        try:
+            self.sock.sendto(data, address)
+        except BlockingIOError:
+            return False
+        except OSError as again:
+            if again.errno == errno.EMSGSIZE or again.errno not in _ICMP_ERRNOS:
+                self.send_errors += 1
+            else:
+                self.icmp_errors += 1
+            raise
+        self.datagrams_sent += 1
+        self.bytes_sent += len(data)
+        return True
 
     async def send(self, data: bytes, address: Any) -> None:
         """Send one datagram, waiting while the kernel's send buffer is full.
 
         A cancellation leaves the datagram either sent entirely or not at all.
         """
-        await self._fairness_checkpoint()
+        self._ready_ops += 1
+        if self._ready_ops >= _FAIRNESS_INTERVAL:
+            self._ready_ops = 0
+            await self.primitives.checkpoint()
         if self.send_nowait(data, address):
             return
-        self._ready_ops = 0
         delay = _UNIX_BACKOFF_FIRST
         woke_writable = False
         while True:
-            async with self._send_lock:
+            if self._is_unix and not self._connected and woke_writable:
+                # Writable, yet the peer's queue is full: nothing to wait on but time.
                 self._check_open()
-                if self.send_nowait(data, address):
-                    return
-                if self._is_unix and not self._connected and woke_writable:
-                    await anyio.sleep(delay)
-                    delay = min(delay * 2, _UNIX_BACKOFF_MAX)
-                else:
-                    try:
-                        await anyio.wait_writable(self.sock)
-                    except anyio.ClosedResourceError:
-                        raise anyio.ClosedResourceError from None
-                    woke_writable = True
+                await anyio.sleep(delay)
+                delay = min(delay * 2, _UNIX_BACKOFF_MAX)
+            else:
+                await self.wait_writable()
+                woke_writable = True
+            if self.send_nowait(data, address):
+                return
+
+    async def wait_writable(self) -> None:
+        """Wait until the socket's send buffer has room.
+
+        Raises:
+            anyio.ClosedResourceError: The socket was closed, before or during the wait.
+        """
+        self._ready_ops = 0
+        self._check_open()
+        if self._send_waiting:
+            followers = self._send_followers
+            if followers is None:
+                followers = self._send_followers = anyio.Event()
+            await followers.wait()
+            self._check_open()
+            return
+        self._send_waiting = True
+        try:
+            await self.primitives.wait_writable(self.sock)
+        except anyio.ClosedResourceError:
+            raise anyio.ClosedResourceError from None
+        finally:
+            self._send_waiting = False
+            followers = self._send_followers
+            if followers is not None:
+                self._send_followers = None
+                followers.set()
+        self._check_open()
 
     # -- closing -----------------------------------------------------------------------------
 
