@@ -10,15 +10,24 @@ from __future__ import annotations
 import ast
 import base64
 import contextlib
+import datetime
+import decimal
+import email.message
+import fractions
 import hmac
+import ipaddress
 import pickle
+import re
 import sys
+import time
 import tracemalloc
+import uuid
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
+import cbor2
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -266,7 +275,23 @@ class TestMessagePackSerializer(SerializerConformance):
 
 
 class TestCBORSerializer(SerializerConformance):
-    sample_packets = (*JSON_SAMPLES, b"\x00bytes", 2**200, -(2**200), {1: "one", "two": 2})
+    sample_packets = (
+        *JSON_SAMPLES,
+        b"\x00bytes",
+        2**200,
+        -(2**200),
+        {1: "one", "two": 2},
+        # The semantic tags the serializer still decodes.
+        datetime.datetime(2024, 1, 2, 3, 4, 5, 678_000, tzinfo=datetime.UTC),
+        datetime.date(2024, 1, 2),
+        uuid.UUID(int=2**100),
+        fractions.Fraction(-1, 3),
+        ipaddress.ip_address("192.0.2.1"),
+        ipaddress.ip_network("2001:db8::/32"),
+        {1, 2, 3},
+        1 - 2j,
+        cbor2.CBORTag(4000, "an unknown tag comes back as it is"),
+    )
     packet_strategy = cbor_packets
 
     def make_serializer(self) -> Serializer[Any, Any]:
@@ -691,12 +716,144 @@ def test_cbor_details() -> None:
         serializer.deserialize(bytes.fromhex("d81e820100"))
     with pytest.raises(DeserializeError):  # tag 1 (epoch datetime) far past year 9999
         serializer.deserialize(bytes.fromhex("c11b7fffffffffffffff"))
-    # Shared references (tags 28 and 29) can make a list that contains itself: the reason
-    # for the warning in the docstring.
-    cyclic = serializer.deserialize(bytes.fromhex("d81c81d81d00"))
-    assert cyclic[0] is cyclic
-    # A semantic tag decodes to its Python type.
+    # A kept semantic tag decodes to its Python type.
     assert serializer.deserialize(bytes.fromhex("c249010000000000000000")) == 2**64
+    assert serializer.deserialize(bytes.fromhex("d9d9f701")) == 1  # self-described CBOR
+    # An unknown tag stays a CBORTag, also as a map key.
+    packet: dict[Any, Any] = {}
+    packet[cbor2.CBORTag(4000, "key")] = cbor2.CBORTag(4001, [1, 2])
+    assert serializer.deserialize(serializer.serialize(packet)) == packet
+
+
+def _cbor_head(major: int, argument: int) -> bytes:
+    """The initial bytes of a CBOR data item: major type and argument (RFC 8949, 3)."""
+    if argument < 24:
+        return bytes([major << 5 | argument])
+    size = 1 if argument < 2**8 else 2 if argument < 2**16 else 4 if argument < 2**32 else 8
+    additional = {1: 24, 2: 25, 4: 26, 8: 27}[size]
+    return bytes([major << 5 | additional]) + argument.to_bytes(size, "big")
+
+
+def _cbor_dag_bomb(levels: int) -> bytes:
+    """Nested pairs ``[x, x]`` where the second ``x`` is a shared reference to the first.
+
+    Tag 28 marks a value as shareable (numbered in the order the tags appear) and tag 29
+    refers back to one, so each level costs 6 or 7 bytes and doubles the number of paths:
+    walked as a tree, the result has ``2 ** (levels + 1) - 1`` lists.
+    """
+    item = _cbor_head(6, 28) + _cbor_head(4, 2) + _cbor_head(0, 0) + _cbor_head(0, 0)
+    for level in range(1, levels + 1):
+        # The outermost pair is shareable number 0, so the pair below level L is number
+        # levels - L + 1.
+        reference = _cbor_head(6, 29) + _cbor_head(0, levels - level + 1)
+        item = _cbor_head(6, 28) + _cbor_head(4, 2) + item + reference
+    return item
+
+
+def _assert_refused_quickly(data: bytes, tags: str) -> None:
+    serializer = CBORSerializer()
+    started = time.perf_counter()
+    with pytest.raises(DeserializeError, match=rf"tag ({tags}) is refused"):
+        serializer.deserialize(data)
+    assert time.perf_counter() - started < 0.1
+
+
+def test_cbor_refuses_shared_reference_bomb() -> None:
+    levels = 58
+    bomb = _cbor_dag_bomb(levels)
+    assert len(bomb) < 500
+    # The control: plain cbor2 decodes it at once into 2**59 - 1 lists (as a tree).
+    node = cbor2.loads(bomb)
+    for _ in range(levels):
+        assert node[0] is node[1]
+        node = node[0]
+    assert node == [0, 0]
+    _assert_refused_quickly(bomb, "28|29")
+
+
+@pytest.mark.parametrize(
+    "hex_data",
+    [
+        "d81c81d81d00",  # 28([29(0)]): a list that contains itself
+        "d81ca101d81d00",  # 28({1: 29(0)}): a map that contains itself
+        "d81c820102",  # 28([1, 2]): a shareable value, even one never referred to
+        "d81d00",  # 29(0): a reference to nothing
+    ],
+)
+def test_cbor_refuses_shared_values(hex_data: str) -> None:
+    _assert_refused_quickly(bytes.fromhex(hex_data), "28|29")
+
+
+def test_cbor_refuses_string_references() -> None:
+    packet = ["a string worth referring to"] * 5
+    data = cbor2.dumps(packet, string_referencing=True)
+    assert cbor2.loads(data) == packet  # the control: plain cbor2 expands them
+    _assert_refused_quickly(data, "25|256")
+    _assert_refused_quickly(bytes.fromhex("d9010001"), "256")  # 256(1): a namespace alone
+    _assert_refused_quickly(bytes.fromhex("d81900"), "25")  # 25(0): a reference alone
+
+
+@pytest.mark.parametrize(
+    ("tag", "value", "decoded_type"),
+    [
+        (4, [-1, 15], decimal.Decimal),  # decimal fraction
+        (5, [-1, 3], decimal.Decimal),  # bigfloat
+        (35, "(a+)+$", re.Pattern),  # regular expression
+        (36, "Subject: hi\n\nbody", email.message.Message),  # MIME message
+    ],
+)
+def test_cbor_refuses_tags_that_build_dangerous_objects(
+    tag: int, value: Any, decoded_type: type
+) -> None:
+    data = cbor2.dumps(cbor2.CBORTag(tag, value))
+    assert isinstance(cbor2.loads(data), decoded_type)  # the control
+    _assert_refused_quickly(data, str(tag))
+
+
+def test_cbor_decimal_huge_exponent_is_refused() -> None:
+    # Twelve bytes for 1E+999999999999999999, whose int() would never finish.
+    data = bytes.fromhex("c4821b0de0b6b3a763ffff01")
+    assert cbor2.loads(data) == decimal.Decimal("1E+999999999999999999")  # the control
+    _assert_refused_quickly(data, "4")
+    # serialize() still encodes a Decimal (cbor2 does), but it cannot be received.
+    serializer = CBORSerializer()
+    with pytest.raises(DeserializeError, match="tag 4 is refused"):
+        serializer.deserialize(serializer.serialize(decimal.Decimal("1.5")))
+
+
+CBOR_KEPT_TAGS = {0, 1, 2, 3, 30, 37, 52, 54, 100, 258, 260, 261, 1004, 43000, 55799}
+CBOR_REFUSED_TAGS = {4, 5, 25, 28, 29, 35, 36, 256}
+
+
+def test_cbor_tag_policy_covers_every_tag() -> None:
+    # Tag n wrapping 0, for every tag of up to two bytes: cbor2's own decoders either build
+    # something else or reject the 0. Each of those tags must have been reviewed: kept or
+    # refused. The serializer decodes the kept ones as cbor2 does, refuses the refused
+    # ones, and returns every other tag as a plain CBORTag.
+    serializer = CBORSerializer()
+    decoded_by_cbor2: set[int] = set()
+    for tag in range(2**16):
+        data = cbor2.dumps(cbor2.CBORTag(tag, 0))
+        try:
+            plain = cbor2.loads(data)
+        except cbor2.CBORDecodeError:
+            plain = None
+        if plain != cbor2.CBORTag(tag, 0):
+            decoded_by_cbor2.add(tag)
+        try:
+            ours = serializer.deserialize(data)
+        except DeserializeError as exc:
+            ours = exc
+        if tag in CBOR_REFUSED_TAGS:
+            assert isinstance(ours, DeserializeError), tag
+            assert f"tag {tag} is refused" in str(ours)
+        elif tag in CBOR_KEPT_TAGS:
+            assert isinstance(ours, DeserializeError) if plain is None else ours == plain, tag
+        else:
+            assert ours == cbor2.CBORTag(tag, 0), tag
+    assert decoded_by_cbor2 <= CBOR_KEPT_TAGS | CBOR_REFUSED_TAGS, (
+        "cbor2 decodes new tags: review them and keep or refuse each"
+    )
 
 
 # --- StructSerializer -----------------------------------------------------------------------
