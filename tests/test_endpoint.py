@@ -1,4 +1,9 @@
-"""The behaviour every endpoint shares, on every backend and address family (DESIGN.md table)."""
+"""The behaviour every endpoint shares, on every backend and address family (DESIGN.md table).
+
+Each case runs on every implementation (``async``: the async endpoints; ``sync``: the blocking
+ones behind an async adapter) unless it asks for ``async_harness``: those cases need what only
+the async API has, cancel scopes around a receive or anyio's typed attributes.
+"""
 
 from __future__ import annotations
 
@@ -18,25 +23,39 @@ from anydgram import (
     DatagramTooLargeError,
 )
 from anydgram.serializers import BytesSerializer, JSONSerializer
-from endpoint_harness import KINDS, Harness, RawPeer, open_harness, wait_until
+from endpoint_harness import (
+    KINDS,
+    Harness,
+    RawPeer,
+    harness_params,
+    open_harness_for,
+    wait_until,
+)
 
 
-@pytest.fixture(params=KINDS)
+@pytest.fixture(params=harness_params(KINDS))
 async def harness(request: pytest.FixtureRequest) -> AsyncGenerator[Harness]:
-    async with open_harness(request.param) as h:
+    async with open_harness_for(request) as h:
         yield h
 
 
-@pytest.fixture(params=[k for k in KINDS if k.startswith("udp")])
+@pytest.fixture(params=harness_params(KINDS, ["async"]))
+async def async_harness(request: pytest.FixtureRequest) -> AsyncGenerator[Harness]:
+    """For cases only the async API can express (cancel scopes, typed attributes)."""
+    async with open_harness_for(request) as h:
+        yield h
+
+
+@pytest.fixture(params=harness_params([k for k in KINDS if k.startswith("udp")]))
 async def ip_harness(request: pytest.FixtureRequest) -> AsyncGenerator[Harness]:
     """For cases that exist only for IP sockets (ICMP errors, the UDP size limit)."""
-    async with open_harness(request.param) as h:
+    async with open_harness_for(request) as h:
         yield h
 
 
-@pytest.fixture(params=[k for k in KINDS if k.startswith("unix")])
+@pytest.fixture(params=harness_params([k for k in KINDS if k.startswith("unix")]))
 async def unix_harness(request: pytest.FixtureRequest) -> AsyncGenerator[Harness]:
-    async with open_harness(request.param) as h:
+    async with open_harness_for(request) as h:
         yield h
 
 
@@ -187,8 +206,7 @@ def _free_udp_port(kind: str) -> int:
 async def test_connected_client_sees_refusal_then_recovers(ip_harness: Harness) -> None:
     host = "127.0.0.1" if ip_harness.kind == "udp4" else "::1"
     port = _free_udp_port(ip_harness.kind)
-    client = await anydgram.connect_udp(host, port)
-    ip_harness.stack.push_async_callback(client.aclose)
+    client = await ip_harness.connect_udp(host, port)
     await client.send_packet(b"anyone?")  # answered by ICMP port unreachable
     with anyio.fail_after(5), pytest.raises(ConnectionRefusedError):
         await client.recv_packet()
@@ -271,9 +289,9 @@ async def test_backpressure_waits_in_kernel_and_every_loss_is_counted(harness: H
         assert sent < 300  # the sender was held back, nothing dropped
 
 
-async def test_cancelled_receives_lose_nothing(harness: Harness) -> None:
-    peer = harness.peer()
-    endpoint = await harness.endpoint(recv_buffer_size=1 << 20)
+async def test_cancelled_receives_lose_nothing(async_harness: Harness) -> None:
+    peer = async_harness.peer()
+    endpoint = await async_harness.endpoint(recv_buffer_size=1 << 20)
     total = 2000
     received: list[int] = []
     rng = random.Random(1234)
@@ -432,7 +450,7 @@ async def test_aclose_wakes_blocked_receiver_and_frees_the_address(harness: Harn
 # -- adoption, proxies and attributes ---------------------------------------------------------
 
 
-async def test_socket_proxy_and_typed_attributes(harness: Harness) -> None:
+async def test_socket_proxy(harness: Harness) -> None:
     peer = harness.peer()
     client = await harness.client(peer)
     proxy = client.socket
@@ -442,6 +460,14 @@ async def test_socket_proxy_and_typed_attributes(harness: Harness) -> None:
     proxy.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
     assert proxy.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) >= 65536
     assert proxy.fileno() >= 0
+
+
+async def test_typed_attributes(async_harness: Harness) -> None:
+    harness = async_harness
+    peer = harness.peer()
+    client = await harness.client(peer)
+    assert isinstance(client, anydgram.DatagramClient)
+    proxy = client.socket
     assert client.extra(anyio.abc.SocketAttribute.local_address) == client.local_address
     assert client.extra(anyio.abc.SocketAttribute.remote_address) == peer.address
     assert client.extra(anyio.abc.SocketAttribute.family) == proxy.family
@@ -464,7 +490,7 @@ async def test_from_socket_adopts_and_validates(harness: Harness) -> None:
     family = peer.sock.family
     sock = socket.socket(family, socket.SOCK_DGRAM)
     sock.connect(peer.sock.getsockname())
-    client = anydgram.DatagramClient.from_socket(sock)
+    client = harness.adopt_client(sock)
     async with client:
         await client.send_packet(b"adopted")
         with anyio.fail_after(5):
@@ -475,16 +501,16 @@ async def test_from_socket_adopts_and_validates(harness: Harness) -> None:
         socket.socket(family, socket.SOCK_DGRAM) as unconnected,
         pytest.raises(OSError, match="not connected") as info,
     ):
-        anydgram.DatagramClient.from_socket(unconnected)
+        harness.adopt_client(unconnected)
     assert info.value.errno == errno.ENOTCONN
     with socket.socket(family, socket.SOCK_DGRAM) as connected:
         connected.connect(peer.sock.getsockname())
         with pytest.raises(ValueError, match="connected"):
-            anydgram.DatagramEndpoint.from_socket(connected)
+            harness.adopt_endpoint(connected)
     with (
         socket.socket(socket.AF_INET, socket.SOCK_STREAM) as stream,
         pytest.raises(ValueError, match="SOCK_DGRAM"),
     ):
-        anydgram.DatagramEndpoint.from_socket(stream)
+        harness.adopt_endpoint(stream)
     with pytest.raises(TypeError):
-        anydgram.DatagramEndpoint.from_socket("not a socket")  # type: ignore[call-overload]
+        harness.adopt_endpoint("not a socket")  # type: ignore[arg-type]

@@ -20,6 +20,8 @@ from ._protocol import MAX_UDP_PAYLOAD as MAX_UDP_PAYLOAD
 from ._protocol import DatagramProtocol as DatagramProtocol
 from ._socket_io import SocketProxy as SocketProxy
 from ._statistics import EndpointStatistics as EndpointStatistics
+from ._sync import SyncDatagramClient as SyncDatagramClient
+from ._sync_endpoint import SyncDatagramEndpoint as SyncDatagramEndpoint
 from ._version import __version__ as __version__
 
 __all__ = (
@@ -33,6 +35,8 @@ __all__ = (
     "DeserializeError",
     "EndpointStatistics",
     "SocketProxy",
+    "SyncDatagramClient",
+    "SyncDatagramEndpoint",
     "__version__",
     "connect_udp",
     "connect_unix_datagram",

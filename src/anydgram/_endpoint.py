@@ -6,19 +6,27 @@ Both pair one :class:`~anydgram._socket_io.SocketIO` (the socket side) with one
 
 from __future__ import annotations
 
-import ipaddress
 import socket
-import struct
 from collections.abc import AsyncGenerator, Callable, Mapping
 from types import TracebackType
-from typing import Any, Generic, Self, TypeAlias, TypeVar, overload
+from typing import Any, Generic, NoReturn, Self, TypeAlias, TypeVar, overload
 
 import anyio
 from anyio import TypedAttributeProvider
 from anyio.abc import SocketAttribute
 
 from ._errors import DatagramProtocolParseError
+from ._multicast import membership_option
 from ._protocol import DatagramProtocol, RecvT, SendT, default_protocol
+from ._request import (
+    BUSY_ACTION,
+    AsyncRequests,
+    Match,
+    attempt_timeouts,
+    check_match,
+    destination_key,
+    key_from_addrinfo,
+)
 from ._socket_io import SocketIO, SocketProxy, normalize_address
 from ._statistics import EndpointStatistics
 
@@ -58,13 +66,16 @@ def _is_connected(sock: socket.socket) -> bool:
 class _BaseEndpoint(TypedAttributeProvider, Generic[SendT, RecvT]):
     """What clients and endpoints share: the socket, the protocol, counters and closing."""
 
-    __slots__ = ("_io", "_parse_errors", "_protocol", "_unmatched_replies")
+    __slots__ = ("_io", "_parse_errors", "_protocol", "_requests", "_unmatched_replies")
 
     def __init__(self, io: SocketIO, protocol: DatagramProtocol[SendT, RecvT]) -> None:
         self._io = io
         self._protocol = protocol
         self._parse_errors = 0
         self._unmatched_replies = 0
+        #: The pending request() calls; ``None`` while there are none (the receive fast path
+        #: checks only this).
+        self._requests: AsyncRequests[RecvT] | None = None
 
     def __repr__(self) -> str:
         state = "closed" if self._io.closed else f"local={self.local_address!r}"
@@ -136,6 +147,38 @@ class _BaseEndpoint(TypedAttributeProvider, Generic[SendT, RecvT]):
             exc.address = address
             raise
 
+    def _count_unmatched(self, count: int) -> None:
+        self._unmatched_replies += count
+
+    def _taken_while_busy(self, data: bytes, address: Address) -> NoReturn:
+        # A receive that was already waiting when a request() started got a datagram: it
+        # belongs to the pending calls.
+        assert self._requests is not None
+        self._requests.deliver_foreign(data, address)
+        raise anyio.BusyResourceError(BUSY_ACTION)
+
+    async def _request(
+        self,
+        packet: SendT,
+        address: Address,
+        key: Any,
+        timeouts: list[float],
+        match: Match | None,
+    ) -> RecvT:
+        datagram = self._protocol.make_datagram(packet)
+        requests = self._requests
+        if requests is None:
+            if self._io.closed:
+                raise anyio.ClosedResourceError
+            requests = self._requests = AsyncRequests(
+                self._io, self._parse, self._count_unmatched, keyed=key is not None
+            )
+        try:
+            return await requests.request(datagram, address, key, timeouts, match)
+        finally:
+            if not requests.table and self._requests is requests:
+                self._requests = None
+
     async def _iter_datagrams(
         self, timeout: float | None
     ) -> AsyncGenerator[tuple[bytes, Address], None]:
@@ -146,9 +189,13 @@ class _BaseEndpoint(TypedAttributeProvider, Generic[SendT, RecvT]):
         woke = False
         while True:
             await io._fairness_checkpoint()
+            if self._requests is not None:
+                raise anyio.BusyResourceError(BUSY_ACTION)
             item = io.recv_nowait()
             if item is not None:
                 woke = False
+                if self._requests is not None:  # a request() started while this one waited
+                    self._taken_while_busy(*item)
                 yield item
                 # The budget bounds the iteration even when datagrams keep coming; a budget of
                 # 0 means "what is already waiting", so it ends only when nothing is.
@@ -170,8 +217,11 @@ class _BaseEndpoint(TypedAttributeProvider, Generic[SendT, RecvT]):
 
         Tasks blocked in a receive or send get :exc:`anyio.ClosedResourceError` at once, and the
         socket is closed (its port or path free again) when this returns. Closing twice is fine.
+        Pending :meth:`request` calls raise :exc:`anyio.ClosedResourceError` too.
         """
         await self._io.aclose()
+        if self._requests is not None:
+            self._requests.wake_all()
 
     async def __aenter__(self) -> Self:
         return self
@@ -276,9 +326,14 @@ class DatagramClient(_BaseEndpoint[SendT, RecvT]):
                 ``.address`` the sender); the client stays usable.
             ConnectionRefusedError: The peer refused an earlier datagram (ICMP port
                 unreachable); the client stays usable.
+            anyio.BusyResourceError: A :meth:`request` call is pending; it reads for itself.
             anyio.ClosedResourceError: The client is closed, before or during the wait.
         """
+        if self._requests is not None:
+            raise anyio.BusyResourceError(BUSY_ACTION)
         data, address = await self._io.recv()
+        if self._requests is not None:  # a request() started while this call waited
+            self._taken_while_busy(data, address)
         return self._parse(data, address)
 
     async def iter_received_packets(
@@ -293,10 +348,58 @@ class DatagramClient(_BaseEndpoint[SendT, RecvT]):
         Raises:
             ValueError: ``timeout`` is negative.
             DatagramProtocolParseError: A datagram could not be parsed.
+            anyio.BusyResourceError: A :meth:`request` call is pending.
             anyio.ClosedResourceError: The client is closed.
         """
         async for data, address in self._iter_datagrams(timeout):
             yield self._parse(data, address)
+
+    async def request(
+        self,
+        packet: SendT,
+        *,
+        timeout: float = 1.0,
+        attempts: int = 3,
+        backoff: float = 2.0,
+        match: Callable[[RecvT], bool] | None = None,
+    ) -> RecvT:
+        """Send ``packet`` and return the peer's reply, re-sending until one arrives.
+
+        Attempt *i* (from 0) waits ``timeout * backoff**i * U(1, 1.25)`` seconds for a reply
+        (``timeout`` is per attempt here, not a budget), then sends ``packet`` again. A reply
+        is a received packet for which ``match(reply)`` is true (any packet by default); each
+        received datagram goes to the oldest pending call whose ``match`` accepts it, so
+        concurrent calls each get their own reply when ``match`` tells them apart (an id in the
+        packet, say). Datagrams no pending call claims (late answers, duplicates) are dropped
+        and counted in ``unmatched_replies``, as are those already waiting when a call starts
+        with no other pending; undecodable ones are counted in ``parse_errors``. While a call
+        is pending, :meth:`recv_packet` and :meth:`iter_received_packets` from other tasks
+        raise :exc:`anyio.BusyResourceError`.
+
+        A cancellation leaves nothing behind: the call is forgotten, and its reply, should it
+        come later, is dropped and counted like any unclaimed datagram.
+
+        Args:
+            packet: What to send.
+            timeout: The first attempt's wait, in seconds.
+            attempts: How many times to send ``packet``.
+            backoff: The factor by which each attempt's wait grows.
+            match: Decides whether a received packet is this call's reply. If it raises, the
+                call raises that error.
+
+        Raises:
+            TimeoutError: No reply after the last attempt.
+            TypeError: An argument has the wrong type.
+            ValueError: ``timeout`` is not positive, ``attempts`` is below 1, ``backoff``
+                below 1.
+            DatagramTooLargeError: ``packet`` does not fit in one datagram; nothing was sent.
+            ConnectionRefusedError: The peer refused a datagram (ICMP port unreachable); the
+                client stays usable.
+            anyio.ClosedResourceError: The client is closed, before or during the call.
+        """
+        timeouts = attempt_timeouts(timeout, attempts, backoff)
+        check_match(match)
+        return await self._request(packet, None, None, timeouts, match)
 
 
 class DatagramEndpoint(_BaseEndpoint[SendT, RecvT]):
@@ -380,9 +483,14 @@ class DatagramEndpoint(_BaseEndpoint[SendT, RecvT]):
         Raises:
             DatagramProtocolParseError: The datagram could not be parsed (``.data`` holds it,
                 ``.address`` the sender); the endpoint stays usable.
+            anyio.BusyResourceError: A :meth:`request` call is pending; it reads for itself.
             anyio.ClosedResourceError: The endpoint is closed, before or during the wait.
         """
+        if self._requests is not None:
+            raise anyio.BusyResourceError(BUSY_ACTION)
         data, address = await self._io.recv()
+        if self._requests is not None:  # a request() started while this call waited
+            self._taken_while_busy(data, address)
         return self._parse(data, address), address
 
     async def iter_received_packets(
@@ -397,10 +505,57 @@ class DatagramEndpoint(_BaseEndpoint[SendT, RecvT]):
         Raises:
             ValueError: ``timeout`` is negative.
             DatagramProtocolParseError: A datagram could not be parsed.
+            anyio.BusyResourceError: A :meth:`request` call is pending.
             anyio.ClosedResourceError: The endpoint is closed.
         """
         async for data, address in self._iter_datagrams(timeout):
             yield self._parse(data, address), address
+
+    async def request(
+        self,
+        packet: SendT,
+        address: Address,
+        *,
+        timeout: float = 1.0,
+        attempts: int = 3,
+        backoff: float = 2.0,
+        match: Callable[[RecvT], bool] | None = None,
+    ) -> RecvT:
+        """Send ``packet`` to ``address`` and return its reply, re-sending until one arrives.
+
+        As :meth:`DatagramClient.request`, except that only datagrams from ``address`` are
+        considered (a host name is resolved once, before the first send); datagrams from
+        other senders are dropped and counted in ``unmatched_replies`` while calls are
+        pending. A cancellation leaves nothing behind; a later reply is counted likewise.
+
+        Args:
+            packet: What to send.
+            address: Where to send it, and whose reply to wait for.
+            timeout: The first attempt's wait, in seconds.
+            attempts: How many times to send ``packet``.
+            backoff: The factor by which each attempt's wait grows.
+            match: Decides whether a packet from ``address`` is this call's reply. If it
+                raises, the call raises that error.
+
+        Raises:
+            TimeoutError: No reply after the last attempt.
+            TypeError: An argument has the wrong type.
+            ValueError: ``timeout`` is not positive, ``attempts`` is below 1, ``backoff``
+                below 1.
+            DatagramTooLargeError: ``packet`` does not fit in one datagram; nothing was sent.
+            OSError: ``address`` does not resolve, or the kernel refused the send.
+            anyio.ClosedResourceError: The endpoint is closed, before or during the call.
+        """
+        timeouts = attempt_timeouts(timeout, attempts, backoff)
+        check_match(match)
+        family = self._io.sock.family
+        resolved = destination_key(family, address)
+        if resolved is None:
+            infos = await anyio.getaddrinfo(
+                address[0], address[1], family=family, type=socket.SOCK_DGRAM
+            )
+            resolved = key_from_addrinfo(family, infos)
+        return await self._request(packet, resolved[0], resolved[1], timeouts, match)
 
     def join_multicast_group(self, group: str, interface: str | int | None = None) -> None:
         """Receive datagrams sent to the multicast ``group``.
@@ -418,8 +573,7 @@ class DatagramEndpoint(_BaseEndpoint[SendT, RecvT]):
             OSError: The kernel refused (for instance an IPv4 address that belongs to no
                 interface).
         """
-        level, option, value = self._membership(group, interface, join=True)
-        self._io.sock.setsockopt(level, option, value)
+        self._set_membership(group, interface, join=True)
 
     def leave_multicast_group(self, group: str, interface: str | int | None = None) -> None:
         """Stop receiving datagrams sent to the multicast ``group`` (arguments as for joining).
@@ -428,58 +582,10 @@ class DatagramEndpoint(_BaseEndpoint[SendT, RecvT]):
             ValueError: As for :meth:`join_multicast_group`.
             OSError: The kernel refused (for instance, the group was not joined).
         """
-        level, option, value = self._membership(group, interface, join=False)
-        self._io.sock.setsockopt(level, option, value)
+        self._set_membership(group, interface, join=False)
 
-    def _membership(
-        self, group: str, interface: str | int | None, *, join: bool
-    ) -> tuple[int, int, bytes]:
+    def _set_membership(self, group: str, interface: str | int | None, *, join: bool) -> None:
         if self._io.closed:
             raise anyio.ClosedResourceError
-        if interface is not None and (
-            isinstance(interface, bool) or not isinstance(interface, str | int)
-        ):
-            raise TypeError(
-                f"interface must be None, a str or an int, not {type(interface).__name__}"
-            )
-        family = self._io.sock.family
-        if not isinstance(group, str):
-            raise TypeError(f"group must be a str, not {type(group).__name__}")
-        try:
-            address = ipaddress.ip_address(group)
-        except ValueError:
-            raise ValueError(f"{group!r} is not an IP address") from None
-        if not address.is_multicast:
-            raise ValueError(f"{group!r} is not a multicast address")
-        if isinstance(address, ipaddress.IPv6Address) and address.scope_id:
-            raise ValueError("give the interface with interface=, not as a scope in the group")
-        if isinstance(interface, str):
-            try:
-                ipaddress.IPv4Address(interface)
-            except ValueError:
-                try:
-                    interface = socket.if_nametoindex(interface)
-                except OSError:
-                    raise ValueError(f"unknown network interface {interface!r}") from None
-        if isinstance(interface, int) and not 0 <= interface < 2**31:
-            raise ValueError(f"interface index out of range: {interface}")
-        if address.version == 4:
-            if family != socket.AF_INET:
-                raise ValueError("an IPv4 group needs an IPv4 endpoint")
-            # struct ip_mreqn: group, local address, interface index.
-            local = interface if isinstance(interface, str) else "0.0.0.0"
-            index = interface if isinstance(interface, int) else 0
-            value = struct.pack("=4s4si", address.packed, socket.inet_aton(local), index)
-            option = socket.IP_ADD_MEMBERSHIP if join else socket.IP_DROP_MEMBERSHIP
-            return socket.IPPROTO_IP, option, value
-        if family != socket.AF_INET6:
-            raise ValueError("an IPv6 group needs an IPv6 endpoint")
-        if isinstance(interface, str):
-            # An address string is the right type, just not meaningful for IPv6.
-            raise ValueError(  # noqa: TRY004
-                "an IPv6 group takes an interface name or index, not an address"
-            )
-        # struct ipv6_mreq: group, interface index.
-        value = struct.pack("=16sI", address.packed, interface or 0)
-        option = socket.IPV6_JOIN_GROUP if join else socket.IPV6_LEAVE_GROUP
-        return socket.IPPROTO_IPV6, option, value
+        sock = self._io.sock
+        sock.setsockopt(*membership_option(sock.family, group, interface, join=join))

@@ -10,6 +10,7 @@ import contextlib
 import os
 import socket
 import sys
+from collections.abc import Sequence
 from typing import Any, overload
 
 import anyio
@@ -132,6 +133,32 @@ async def connect_udp(
     check_host(host)
     check_port(port)
     infos = await anyio.getaddrinfo(host, port, family=family, type=socket.SOCK_DGRAM)
+    sock = connect_first(
+        infos,
+        f"could not connect to {host}:{port}",
+        local_address=local_address,
+        recv_buffer_size=recv_buffer_size,
+        send_buffer_size=send_buffer_size,
+    )
+    return DatagramClient._adopt(sock, protocol)
+
+
+def connect_first(
+    infos: Sequence[tuple[Any, ...]],
+    what: str,
+    *,
+    local_address: tuple[str, int] | None,
+    recv_buffer_size: int | None,
+    send_buffer_size: int | None,
+) -> socket.socket:
+    """A UDP socket connected to the first ``getaddrinfo`` result that takes one.
+
+    Shared by :func:`connect_udp` and the blocking client; nothing here blocks.
+
+    Raises:
+        OSError: No address could be connected: the message (``what``) names each address
+            tried and ``__cause__`` is an :exc:`ExceptionGroup` of the individual errors.
+    """
     failures: list[tuple[Any, OSError]] = []
     for info_family, _, proto, _, sockaddr in infos:
         try:
@@ -151,8 +178,8 @@ async def connect_udp(
         except BaseException:
             sock.close()
             raise
-        return DatagramClient._adopt(sock, protocol)
-    raise _all_failed(f"could not connect to {host}:{port}", failures)
+        return sock
+    raise _all_failed(what, failures)
 
 
 def _wildcard(family: int) -> tuple[str, int]:
@@ -218,6 +245,33 @@ async def open_udp_endpoint(
         OSError: The name does not resolve, or no address could be bound (message and
             ``__cause__`` as for :func:`connect_udp`).
     """
+    host, family = check_bind_arguments(host, port, family, reuse_port=reuse_port)
+    infos = await anyio.getaddrinfo(
+        host, port, family=family, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE
+    )
+    sock = bind_first(
+        infos,
+        f"could not bind {host}:{port}",
+        reuse_port=reuse_port,
+        broadcast=broadcast,
+        recv_buffer_size=recv_buffer_size,
+        send_buffer_size=send_buffer_size,
+    )
+    return DatagramEndpoint._adopt(sock, protocol)
+
+
+def check_bind_arguments(
+    host: str | None, port: int, family: int, *, reuse_port: bool
+) -> tuple[str, int]:
+    """Check :func:`open_udp_endpoint`'s arguments; the host and family to resolve.
+
+    ``host=None`` becomes the wildcard address of ``family`` (IPv4 unless ``AF_INET6``).
+
+    Raises:
+        TypeError: ``host`` or ``port`` has the wrong type.
+        ValueError: ``port`` is out of range, ``family`` is not an IP family (with
+            ``host=None``), or ``reuse_port`` is unsupported here.
+    """
     check_port(port)
     if host is None:
         host, family = _wildcard(family)
@@ -225,9 +279,27 @@ async def open_udp_endpoint(
         check_host(host)
     if reuse_port and not hasattr(socket, "SO_REUSEPORT"):
         raise ValueError("reuse_port=True is not supported on this platform")
-    infos = await anyio.getaddrinfo(
-        host, port, family=family, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE
-    )
+    return host, family
+
+
+def bind_first(
+    infos: Sequence[tuple[Any, ...]],
+    what: str,
+    *,
+    reuse_port: bool,
+    broadcast: bool,
+    recv_buffer_size: int | None,
+    send_buffer_size: int | None,
+) -> socket.socket:
+    """A UDP socket bound to the first ``getaddrinfo`` result that takes one.
+
+    Shared by :func:`open_udp_endpoint` and the blocking endpoint; ICMP errors for its sends
+    are queued for counting (:func:`~anydgram._socket_io.set_recverr`).
+
+    Raises:
+        OSError: No address could be bound (message and ``__cause__`` as for
+            :func:`connect_first`).
+    """
     failures: list[tuple[Any, OSError]] = []
     for info_family, _, proto, _, sockaddr in infos:
         try:
@@ -250,8 +322,8 @@ async def open_udp_endpoint(
         except BaseException:
             sock.close()
             raise
-        return DatagramEndpoint._adopt(sock, protocol)
-    raise _all_failed(f"could not bind {host}:{port}", failures)
+        return sock
+    raise _all_failed(what, failures)
 
 
 def _unix_path(path: object, name: str) -> str:
