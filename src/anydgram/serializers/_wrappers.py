@@ -77,9 +77,16 @@ class ZlibSerializer(Serializer[SendT, RecvT], Generic[SendT, RecvT]):
             A zlib stream.
 
         Raises:
+            ValueError: The uncompressed payload is longer than ``max_size``, so a peer using
+                the same limit would refuse it.
             Exception: Whatever the inner serializer raises.
         """
-        return zlib.compress(self._inner.serialize(packet), self._level)
+        payload = self._inner.serialize(packet)
+        if len(payload) > self._max_size:
+            raise ValueError(
+                f"payload of {len(payload)} bytes exceeds max_size={self._max_size} bytes"
+            )
+        return zlib.compress(payload, self._level)
 
     def deserialize(self, data: bytes) -> RecvT:
         """Decompress, within ``max_size``, and hand the result to the inner serializer.
