@@ -18,8 +18,11 @@ from ._open_endpoint import open_udp_endpoint as open_udp_endpoint
 from ._open_endpoint import open_unix_datagram_endpoint as open_unix_datagram_endpoint
 from ._protocol import MAX_UDP_PAYLOAD as MAX_UDP_PAYLOAD
 from ._protocol import DatagramProtocol as DatagramProtocol
+from ._server import DatagramRequest as DatagramRequest
+from ._server import DatagramServer as DatagramServer
 from ._socket_io import SocketProxy as SocketProxy
 from ._statistics import EndpointStatistics as EndpointStatistics
+from ._statistics import ServerStatistics as ServerStatistics
 from ._sync import SyncDatagramClient as SyncDatagramClient
 from ._sync_endpoint import SyncDatagramEndpoint as SyncDatagramEndpoint
 from ._version import __version__ as __version__
@@ -31,9 +34,12 @@ __all__ = (
     "DatagramEndpoint",
     "DatagramProtocol",
     "DatagramProtocolParseError",
+    "DatagramRequest",
+    "DatagramServer",
     "DatagramTooLargeError",
     "DeserializeError",
     "EndpointStatistics",
+    "ServerStatistics",
     "SocketProxy",
     "SyncDatagramClient",
     "SyncDatagramEndpoint",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ("EndpointStatistics",)
+__all__ = ("EndpointStatistics", "ServerStatistics")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,3 +45,57 @@ class EndpointStatistics:
     kernel_drops: int
     recv_buffer_size: int
     send_buffer_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class ServerStatistics:
+    """What a :class:`~anydgram.DatagramServer` has done since it started serving.
+
+    The socket counters are summed over the server's sockets. Every datagram the server took
+    from the kernel is in exactly one of ``datagrams_received`` and ``oversize``; of the
+    received ones, those no handler saw are in exactly one of ``parse_errors`` (unless a
+    ``parse_error_handler`` took them), ``rate_limited`` and ``amplification_dropped``.
+    Datagrams the kernel dropped before the server read them are in ``kernel_drops``.
+
+    Attributes:
+        datagrams_received: Datagrams taken from the kernel, ``oversize`` ones excluded.
+        datagrams_sent: Datagrams the kernel accepted for sending (replies and
+            :meth:`~anydgram.DatagramServer.send_packet`).
+        bytes_received: Payload bytes of ``datagrams_received``.
+        bytes_sent: Payload bytes of ``datagrams_sent``.
+        parse_errors: Datagrams the protocol could not parse (dropped, or given to the
+            ``parse_error_handler``).
+        oversize: Datagrams longer than the protocol's ``max_datagram_size``, skipped unparsed.
+        send_errors: Sends the kernel refused for a reason other than an ICMP error.
+        icmp_errors: ICMP errors (port or host unreachable, ...) reported for earlier sends.
+        unmatched_replies: Always 0 for a server; kept so every statistics class has it.
+        kernel_drops: Datagrams the kernel dropped for the server's sockets (``SO_MEMINFO``,
+            Linux; 0 elsewhere).
+        recv_buffer_size: The receive buffer sizes the kernel granted, summed, in bytes.
+        send_buffer_size: The send buffer sizes the kernel granted, summed, in bytes.
+        handler_errors: Handler calls (and ``parse_error_handler`` calls) that raised.
+        handlers_active: Handlers running when ``statistics()`` was called.
+        handlers_peak: The most handlers that ever ran at the same time.
+        rate_limited: Datagrams dropped (or, in log-only mode, that would have been dropped)
+            by the per-source rate limit.
+        amplification_dropped: Replies not sent because they would have exceeded the
+            anti-amplification limit.
+    """
+
+    datagrams_received: int
+    datagrams_sent: int
+    bytes_received: int
+    bytes_sent: int
+    parse_errors: int
+    oversize: int
+    send_errors: int
+    icmp_errors: int
+    unmatched_replies: int
+    kernel_drops: int
+    recv_buffer_size: int
+    send_buffer_size: int
+    handler_errors: int
+    handlers_active: int
+    handlers_peak: int
+    rate_limited: int
+    amplification_dropped: int

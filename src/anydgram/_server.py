@@ -1,0 +1,797 @@
+"""The datagram server: a handler call per datagram, concurrently, on a pool of worker tasks.
+
+Dispatch, following one datagram: a *reader* task per socket takes a batch from the kernel
+(never more than the concurrency bound leaves room for), parses it, and appends a
+:class:`DatagramRequest` per datagram to a queue. *Worker* tasks, spawned lazily in the server's
+task group and reused, pop requests and await the handler back to back while the queue holds
+any; an idle worker parks on an event of its own. A fresh task per datagram would cost two to
+three times the throughput. After queueing a batch, the reader wakes one worker and yields; if
+requests are still queued when it resumes (a handler blocked), it wakes another, and so on: a
+handler that blocks never holds up the others, and quick handlers cost one wake-up per batch.
+
+When running plus queued handlers reach ``max_concurrent_handlers`` the readers stop reading
+until a handler finishes: excess datagrams wait in the kernel buffer, which counts what it drops.
+Nothing on this path takes a lock, creates a cancel scope or logs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import socket
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final, Generic, Self, TypeAlias, cast, overload
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
+
+from ._backend import current_primitives
+from ._errors import DatagramProtocolParseError
+from ._logging import RateLimitedLog
+from ._open_endpoint import check_port
+from ._protocol import DatagramProtocol, RecvT, SendT, default_protocol
+from ._server_io import (
+    SEND_FAIRNESS_INTERVAL,
+    Received,
+    ServerTransport,
+    check_hosts,
+    open_server_sockets,
+    resolve_bind_addresses,
+)
+from ._socket_io import SocketProxy
+from ._statistics import ServerStatistics
+from ._workers import resolve_backend, run_in_this_process, run_workers
+from .serializers import BytesSerializer
+
+if TYPE_CHECKING:
+    from ._endpoint import Address
+
+__all__ = ("DatagramRequest", "DatagramServer", "Handler", "ParseErrorHandler")
+
+#: Datagrams one reader takes per wake-up at most (the drain path's own bound).
+_READ_BATCH: Final = 64
+#: Pause after an unexpected receive error, so a broken socket cannot make the reader spin.
+_RECV_ERROR_BACKOFF: Final = 0.05
+
+
+class DatagramRequest(Generic[SendT, RecvT]):
+    """One received datagram, as a handler sees it.
+
+    Requests are made by the server; handlers read them and reply with :meth:`respond`.
+
+    Attributes:
+        packet: The parsed datagram (for a ``parse_error_handler``: the
+            :class:`~anydgram.DatagramProtocolParseError`, with the raw bytes in ``.data``).
+        address: The sender's address, as the :mod:`socket` module gives it.
+        server: The server that received it.
+    """
+
+    __slots__ = ("_local", "_transport", "address", "packet", "server")
+
+    def __init__(
+        self,
+        packet: RecvT,
+        address: Address,
+        server: DatagramServer[SendT, Any],
+        transport: ServerTransport,
+        local: Any,
+    ) -> None:
+        self.packet = packet
+        self.address = address
+        self.server = server
+        self._transport = transport
+        self._local = local
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} from {self.address!r}: {self.packet!r}>"
+
+    async def respond(self, packet: SendT) -> None:
+        """Send ``packet`` to the sender, from the socket and address the request came to.
+
+        Waits only while the kernel's send buffer is full (and, every few dozen replies, passes
+        a full checkpoint so that a handler replying in a loop lets other tasks run). A failed
+        send (an ICMP error for an earlier datagram, no route, ...) is counted in the server's
+        statistics and logged, not raised: a reply is best effort, like UDP itself. A
+        cancellation leaves the reply sent whole or not at all.
+
+        Raises:
+            DatagramTooLargeError: The packet serializes to more than the protocol's
+                ``max_datagram_size`` (or the kernel refused its size); nothing was sent.
+            anyio.ClosedResourceError: The server is closed.
+            Exception: Whatever the serializer raises for a packet it cannot represent.
+        """
+        server = self.server
+        data: bytes
+        if isinstance(packet, bytes) and len(packet) <= server._raw_limit:
+            data = packet  # the raw-bytes protocol: the same bytes go on the wire
+        else:
+            data = server._make_datagram(packet)
+        # Like ServerTransport.send_datagram, minus a coroutine per reply: the same fairness
+        # rule (a full checkpoint every few replies, before the send), then a send that
+        # waits only if the kernel's buffer is full.
+        server._ready_sends += 1
+        if server._ready_sends >= SEND_FAIRNESS_INTERVAL:
+            server._ready_sends = 0
+            await server._checkpoint()
+        transport = self._transport
+        local = self._local
+        try:
+            if local is None:
+                sent = transport.send_nowait(data, self.address)
+            else:
+                sent = transport.send_datagram_nowait(data, self.address, local)
+            if not sent:
+                await transport.send_datagram(data, self.address, local)
+        except OSError as exc:
+            server._send_failed(exc, self.address)
+
+
+class _ParseErrorRequest(DatagramRequest[SendT, DatagramProtocolParseError]):
+    """A request for the ``parse_error_handler`` (told apart from others by its class)."""
+
+    __slots__ = ()
+
+
+#: ``async def handler(request: DatagramRequest[SendT, RecvT]) -> None``
+Handler: TypeAlias = Callable[[DatagramRequest[SendT, RecvT]], Awaitable[None]]
+#: ``async def on_parse_error(request: DatagramRequest[SendT, DatagramProtocolParseError])``
+ParseErrorHandler: TypeAlias = Callable[
+    [DatagramRequest[SendT, DatagramProtocolParseError]], Awaitable[None]
+]
+
+
+def _format_address(address: object) -> str:
+    if isinstance(address, tuple):
+        items = cast("Any", address)
+        if len(items) >= 2:
+            host, port = str(items[0]), items[1]
+            return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return repr(cast("Any", address))
+
+
+def _format_addresses(addresses: Sequence[Any]) -> str:
+    return ", ".join(_format_address(a) for a in addresses)
+
+
+class DatagramServer(Generic[SendT, RecvT]):
+    """A datagram (UDP) server that calls ``handler`` for every datagram it receives.
+
+    ``SendT`` is what the server replies, ``RecvT`` what it receives; its protocol is a
+    ``DatagramProtocol[SendT, RecvT]``. Handlers run concurrently, at most
+    ``max_concurrent_handlers`` at a time; past that bound the server stops reading and the
+    kernel buffers (and counts what it drops). Serve with :meth:`serve_forever` inside a task
+    group, or with the blocking :meth:`run`. ``async with server:`` does not start serving; it
+    closes the server (:meth:`aclose`) on the way out. A server serves once.
+
+    Args:
+        host: Where to bind. A string (an address or a name: every address a name resolves
+            to is bound), a sequence of strings (one socket per address), or ``None`` for
+            every interface (the IPv4 and IPv6 wildcards). IPv6 sockets are always
+            ``IPV6_V6ONLY``: IPv4 clients are served by an IPv4 socket.
+        port: The port; 0 lets the kernel pick one, the same on every address (see
+            :attr:`addresses`).
+        handler: ``async def handler(request)``, called once per datagram. What it raises is
+            logged (with the sender's address) and counted in ``handler_errors``; the server
+            goes on.
+        protocol: Packets to datagrams and back; raw :class:`bytes` when omitted.
+        max_concurrent_handlers: How many handlers may run at once.
+        reuse_port: Set ``SO_REUSEPORT``, so several servers (processes) can share the port.
+        recv_buffer_size: ``SO_RCVBUF`` to request, in bytes (``None``: the system default).
+            Datagrams beyond what handlers can take wait here.
+        rate_limit: A per-source rate limit. Not implemented yet: anything but ``None``
+            raises :exc:`NotImplementedError`.
+        amplification_factor: The anti-amplification cap. Not implemented yet: anything but
+            ``None`` raises :exc:`NotImplementedError`.
+        logger: Where log records go; ``logging.getLogger("anydgram.server")`` by default.
+            Records repeated in bursts (handler, parse and send errors) are rate-limited, so a
+            hostile peer cannot flood the log.
+        parse_error_handler: ``async def on_parse_error(request)`` for undecodable datagrams:
+            ``request.packet`` is the :class:`~anydgram.DatagramProtocolParseError` (raw bytes
+            in ``.data``), and ``request.respond()`` works as usual. It runs like a handler,
+            within the same bound. Without one, such datagrams are dropped. They are counted
+            in ``parse_errors`` either way.
+        network: An in-memory network to serve on instead of sockets. Not implemented yet
+            (it comes with ``anydgram.testing``): anything but ``None`` raises
+            :exc:`NotImplementedError`.
+
+    Raises:
+        TypeError: An argument has the wrong type.
+        ValueError: An argument is out of range.
+        NotImplementedError: ``rate_limit``, ``amplification_factor`` or ``network`` was
+            given.
+    """
+
+    @overload
+    def __init__(
+        self: DatagramServer[bytes, bytes],
+        host: str | Sequence[str] | None,
+        port: int,
+        handler: Handler[bytes, bytes],
+        *,
+        protocol: None = None,
+        max_concurrent_handlers: int = 256,
+        reuse_port: bool = False,
+        recv_buffer_size: int | None = 1 << 20,
+        rate_limit: object = None,
+        amplification_factor: float | None = None,
+        logger: logging.Logger | None = None,
+        parse_error_handler: ParseErrorHandler[bytes] | None = None,
+        network: object = None,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self,
+        host: str | Sequence[str] | None,
+        port: int,
+        handler: Handler[SendT, RecvT],
+        *,
+        protocol: DatagramProtocol[SendT, RecvT],
+        max_concurrent_handlers: int = 256,
+        reuse_port: bool = False,
+        recv_buffer_size: int | None = 1 << 20,
+        rate_limit: object = None,
+        amplification_factor: float | None = None,
+        logger: logging.Logger | None = None,
+        parse_error_handler: ParseErrorHandler[SendT] | None = None,
+        network: object = None,
+    ) -> None: ...
+    def __init__(
+        self,
+        host: str | Sequence[str] | None,
+        port: int,
+        handler: Handler[Any, Any],
+        *,
+        protocol: DatagramProtocol[Any, Any] | None = None,
+        max_concurrent_handlers: int = 256,
+        reuse_port: bool = False,
+        recv_buffer_size: int | None = 1 << 20,
+        rate_limit: object = None,
+        amplification_factor: float | None = None,
+        logger: logging.Logger | None = None,
+        parse_error_handler: ParseErrorHandler[Any] | None = None,
+        network: object = None,
+    ) -> None:
+        self._hosts = check_hosts(host)
+        self._port = check_port(port)
+        if not callable(handler):
+            raise TypeError("handler must be an async callable")
+        if parse_error_handler is not None and not callable(parse_error_handler):
+            raise TypeError("parse_error_handler must be an async callable or None")
+        if not isinstance(max_concurrent_handlers, int) or isinstance(
+            max_concurrent_handlers, bool
+        ):
+            raise TypeError(
+                "max_concurrent_handlers must be an int, "
+                f"not {type(max_concurrent_handlers).__name__}"
+            )
+        if max_concurrent_handlers < 1:
+            raise ValueError(f"max_concurrent_handlers must be >= 1, got {max_concurrent_handlers}")
+        if recv_buffer_size is not None and (
+            not isinstance(recv_buffer_size, int) or isinstance(recv_buffer_size, bool)
+        ):
+            raise TypeError(
+                f"recv_buffer_size must be an int or None, not {type(recv_buffer_size).__name__}"
+            )
+        if recv_buffer_size is not None and recv_buffer_size <= 0:
+            raise ValueError(f"recv_buffer_size must be positive, got {recv_buffer_size}")
+        if logger is not None and not isinstance(logger, logging.Logger):
+            raise TypeError(f"logger must be a logging.Logger, not {type(logger).__name__}")
+        if rate_limit is not None:
+            raise NotImplementedError("rate_limit is not implemented yet")
+        if amplification_factor is not None:
+            raise NotImplementedError("amplification_factor is not implemented yet")
+        if network is not None:
+            raise NotImplementedError("network= is not implemented yet (see anydgram.testing)")
+        self._handler = handler
+        self._parse_error_handler = parse_error_handler
+        self._protocol: DatagramProtocol[SendT, RecvT] = (
+            default_protocol() if protocol is None else protocol  # type: ignore[assignment]
+        )
+        self._make_datagram = self._protocol.make_datagram
+        # With the raw-bytes protocol, parsing and serializing bytes are the identity: the hot
+        # path skips those calls. -1 (no packet is that short) otherwise.
+        self._raw_limit = (
+            self._protocol.max_datagram_size
+            if type(self._protocol) is DatagramProtocol
+            and type(self._protocol.serializer) is BytesSerializer
+            else -1
+        )
+        self._max_concurrent = max_concurrent_handlers
+        self._reuse_port = bool(reuse_port)
+        self._recv_buffer_size = recv_buffer_size
+        self._log = RateLimitedLog(logger or logging.getLogger("anydgram.server"))
+
+        # Life cycle: "new" -> "starting" -> "serving" -> "stopping" -> "closed".
+        self._state = "new"
+        self._transports: list[ServerTransport] = []
+        self._addresses: tuple[Any, ...] = ()
+        self._stop_requested = False
+        self._stopped: anyio.Event | None = None
+        self._readers_scope: anyio.CancelScope | None = None
+        self._grace_scope: anyio.CancelScope | None = None
+        self._deadline = math.inf
+        self._grace_period = math.inf
+        self._kernel_drops_at_close = 0
+
+        # Dispatch state, see the module docstring.
+        self._pending: deque[DatagramRequest[SendT, Any]] = deque()
+        self._idle: list[anyio.Event] = []
+        self._waking = 0
+        self._workers = 0
+        self._worker_tg: TaskGroup | None = None
+        self._worker_task_ids: set[int] = set()
+        self._finish_waiter: anyio.Event | None = None
+        self._active = 0
+        self._peak = 0
+        self._handler_errors = 0
+        self._parse_errors = 0
+        self._ready_sends = 0
+        self._checkpoint: Callable[[], Awaitable[None]] = anyio.lowlevel.checkpoint
+
+    def __repr__(self) -> str:
+        where = _format_addresses(self._addresses) if self._addresses else self._state
+        return f"<{type(self).__name__} {where}>"
+
+    # -- properties ----------------------------------------------------------------------------
+
+    @property
+    def protocol(self) -> DatagramProtocol[SendT, RecvT]:
+        """The protocol that turns packets into datagrams and back."""
+        return self._protocol
+
+    @property
+    def addresses(self) -> tuple[Address, ...]:
+        """The addresses the server is bound to while it serves (empty before and after)."""
+        return self._addresses
+
+    @property
+    def sockets(self) -> tuple[SocketProxy, ...]:
+        """Views of the server's sockets while it serves (empty before and after)."""
+        return tuple(
+            SocketProxy(t.sock) for t in self._transports if t.sock is not None and not t.closed
+        )
+
+    def statistics(self) -> ServerStatistics:
+        """A snapshot of the counters, summed over the sockets; kernel counters are read now."""
+        transports = self._transports
+        recv_buffer_size = send_buffer_size = 0
+        kernel_drops = self._kernel_drops_at_close
+        for t in transports:
+            rcv, snd = t.buffer_sizes()
+            recv_buffer_size += rcv
+            send_buffer_size += snd
+            kernel_drops += t.kernel_drops()
+        return ServerStatistics(
+            datagrams_received=sum(t.datagrams_received for t in transports),
+            datagrams_sent=sum(t.datagrams_sent for t in transports),
+            bytes_received=sum(t.bytes_received for t in transports),
+            bytes_sent=sum(t.bytes_sent for t in transports),
+            parse_errors=self._parse_errors,
+            oversize=sum(t.oversize for t in transports),
+            send_errors=sum(t.send_errors for t in transports),
+            icmp_errors=sum(t.icmp_errors for t in transports),
+            unmatched_replies=0,
+            kernel_drops=kernel_drops,
+            recv_buffer_size=recv_buffer_size,
+            send_buffer_size=send_buffer_size,
+            handler_errors=self._handler_errors,
+            handlers_active=self._active,
+            handlers_peak=self._peak,
+            rate_limited=0,
+            amplification_dropped=0,
+        )
+
+    # -- serving -------------------------------------------------------------------------------
+
+    async def serve_forever(
+        self, *, task_status: TaskStatus[tuple[Address, ...]] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Bind the sockets and serve until :meth:`shutdown` or :meth:`aclose`, then return.
+
+        Use ``addresses = await task_group.start(server.serve_forever)`` to learn the bound
+        addresses (with the port the kernel chose for port 0).
+
+        Each datagram becomes one handler call. A handler that raises does not stop the
+        server: the exception is logged once with the sender's address (rate-limited) and
+        counted in ``handler_errors``, and the other handlers carry on. Undecodable
+        datagrams, ICMP errors and failed sends are counted and logged, never fatal.
+
+        Cancelling the task that runs this stops the server like :meth:`aclose`: handlers
+        are cancelled and the sockets closed before the cancellation propagates.
+
+        Raises:
+            OSError: An address could not be bound (nothing is left open).
+            RuntimeError: The server is already serving.
+            anyio.ClosedResourceError: The server was closed (a server serves once).
+        """
+        await self._open()
+        await self._serve(task_status=task_status)
+
+    async def _open(self) -> None:
+        """Bind the sockets (the first half of :meth:`serve_forever`)."""
+        if self._state == "closed":
+            raise anyio.ClosedResourceError
+        if self._state != "new":
+            raise RuntimeError("the server is already serving")
+        self._state = "starting"
+        self._stopped = anyio.Event()
+        self._checkpoint = current_primitives().checkpoint
+        try:
+            bind_addresses = await resolve_bind_addresses(self._hosts, self._port)
+            self._transports = list(
+                open_server_sockets(
+                    bind_addresses,
+                    max_datagram_size=self._protocol.max_datagram_size,
+                    reuse_port=self._reuse_port,
+                    recv_buffer_size=self._recv_buffer_size,
+                )
+            )
+        except BaseException:
+            self._state = "closed"
+            self._stopped.set()
+            raise
+        self._addresses = tuple(t.local_address for t in self._transports)
+
+    async def _serve(
+        self, *, task_status: TaskStatus[tuple[Address, ...]] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Serve on the sockets :meth:`_open` bound until stopped, then close them."""
+        assert self._stopped is not None
+        transports = self._transports
+        logger = self._log.logger
+        try:
+            logger.info("serving on %s", _format_addresses(self._addresses))
+            async with anyio.create_task_group() as workers:
+                self._worker_tg = workers
+                try:
+                    async with anyio.create_task_group() as readers:
+                        self._readers_scope = readers.cancel_scope
+                        if self._stop_requested:
+                            readers.cancel_scope.cancel()
+                        else:
+                            self._state = "serving"
+                            for transport in transports:
+                                readers.start_soon(self._read_loop, transport)
+                        task_status.started(self._addresses)
+                    # The readers stopped: shutdown() was called. Let handlers finish.
+                    self._state = "stopping"
+                    await self._wait_for_handlers()
+                finally:
+                    workers.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                for transport in transports:
+                    self._kernel_drops_at_close += transport.kernel_drops()
+                    await transport.aclose()
+            self._state = "closed"
+            self._pending.clear()
+            self._idle.clear()
+            self._worker_tg = None
+            self._log.flush()
+            logger.info("stopped serving on %s", _format_addresses(self._addresses))
+            self._addresses = ()
+            self._stopped.set()
+
+    async def _wait_for_handlers(self) -> None:
+        with anyio.CancelScope(deadline=self._deadline) as grace:
+            self._grace_scope = grace
+            while self._active or self._pending:
+                # The readers are gone: requests they queued still need workers.
+                await self._dispatch_pending()
+                if not self._active:
+                    break
+                waiter = self._finish_waiter
+                if waiter is None:
+                    waiter = self._finish_waiter = anyio.Event()
+                await waiter.wait()
+        self._grace_scope = None
+        if grace.cancelled_caught and (self._active or self._pending):
+            # Expected after aclose(); worth a warning when a grace period was not enough.
+            self._log.logger.log(
+                logging.INFO if self._grace_period == 0 else logging.WARNING,
+                "cancelling %d handlers still running after the grace period (%.1f s)",
+                self._active + len(self._pending),
+                self._grace_period,
+            )
+
+    async def _read_loop(self, transport: ServerTransport) -> None:
+        pending = self._pending
+        parse = self._protocol.build_packet_from_datagram
+        hook = self._parse_error_handler
+        log = self._log
+        bound = self._max_concurrent
+        request_class = DatagramRequest
+        raw_bytes = self._raw_limit >= 0
+        icmp_seen = transport.icmp_errors
+        while True:
+            room = bound - self._active - len(pending)
+            if room <= 0:
+                # Every handler slot is taken: leave the rest in the kernel buffer.
+                waiter = self._finish_waiter
+                if waiter is None:
+                    waiter = self._finish_waiter = anyio.Event()
+                await waiter.wait()
+                continue
+            batch: list[Received]
+            try:
+                batch = await transport.recv_datagrams(room if room < _READ_BATCH else _READ_BATCH)
+            except anyio.ClosedResourceError:
+                return
+            except OSError as exc:
+                log.log("recv", logging.ERROR, "receive failed: %s", exc)
+                await anyio.sleep(_RECV_ERROR_BACKOFF)
+                continue
+            if raw_bytes:
+                # The raw-bytes protocol's parse is the identity (the transport has already
+                # set oversize datagrams aside): skip two calls per datagram.
+                for data, address, local in batch:
+                    pending.append(request_class(data, address, self, transport, local))
+                batch = []
+            for data, address, local in batch:
+                try:
+                    packet = parse(data)
+                except DatagramProtocolParseError as exc:
+                    self._parse_errors += 1
+                    exc.address = address
+                    log.log(
+                        "parse",
+                        logging.WARNING,
+                        "undecodable datagram of %d bytes from %s: %s",
+                        len(data),
+                        _format_address(address),
+                        exc,
+                    )
+                    if hook is not None:
+                        pending.append(_ParseErrorRequest(exc, address, self, transport, local))
+                    continue
+                pending.append(request_class(packet, address, self, transport, local))
+            await self._dispatch_pending()
+            if transport.icmp_errors != icmp_seen:
+                log.log(
+                    "icmp",
+                    logging.INFO,
+                    "%d ICMP errors (peers unreachable) reported for earlier replies",
+                    transport.icmp_errors - icmp_seen,
+                )
+                icmp_seen = transport.icmp_errors
+
+    async def _dispatch_pending(self) -> None:
+        """Make sure every queued request is taken by a worker; return when none is queued.
+
+        One worker is woken, then this yields: that worker runs handlers back to back until
+        the queue is empty, unless a handler blocks; then the next round wakes another. Each
+        round a woken worker takes at least one request, so this ends. Waking a spare worker
+        from here, rather than from a worker before each handler, spares the common case of
+        quick handlers a worker that wakes up only to find nothing to do.
+        """
+        pending = self._pending
+        checkpoint = self._checkpoint
+        while pending and self._worker_tg is not None:  # no task group: nobody to wake
+            if not self._waking:
+                self._wake_one()
+            await checkpoint()
+
+    def _wake_one(self) -> None:
+        if self._idle:
+            self._waking += 1
+            self._idle.pop().set()
+        elif self._workers < self._max_concurrent and self._worker_tg is not None:
+            self._workers += 1
+            self._waking += 1
+            self._worker_tg.start_soon(self._worker, name=f"anydgram server worker {self._workers}")
+
+    async def _worker(self) -> None:
+        self._worker_task_ids.add(anyio.get_current_task().id)
+        self._waking -= 1
+        pending = self._pending
+        idle = self._idle
+        handler = self._handler
+        hook = self._parse_error_handler
+        while True:
+            while pending:
+                request = pending.popleft()
+                active = self._active = self._active + 1
+                if active > self._peak:
+                    self._peak = active
+                try:
+                    if hook is not None and request.__class__ is _ParseErrorRequest:
+                        await hook(request)
+                    else:
+                        await handler(request)
+                except Exception as exc:
+                    self._handler_failed(exc, request)
+                finally:
+                    self._active -= 1
+                    waiter = self._finish_waiter
+                    if waiter is not None:
+                        self._finish_waiter = None
+                        waiter.set()
+            # Parking lets every other task run, so the fairness count of respond() starts
+            # over: a worker that drains one read batch (at most 64 requests) never also
+            # stops halfway for a checkpoint, which would make a spare worker take over.
+            self._ready_sends = 0
+            event = anyio.Event()
+            idle.append(event)
+            await event.wait()
+            self._waking -= 1
+
+    def _handler_failed(self, exc: Exception, request: DatagramRequest[Any, Any]) -> None:
+        self._handler_errors += 1
+        what = "parse_error_handler" if request.__class__ is _ParseErrorRequest else "handler"
+        self._log.log(
+            "handler",
+            logging.ERROR,
+            "%s raised for a datagram from %s",
+            what,
+            _format_address(request.address),
+            exc_info=exc,
+        )
+
+    def _send_failed(self, exc: OSError, address: Any) -> None:
+        self._log.log(
+            "send", logging.WARNING, "could not send to %s: %s", _format_address(address), exc
+        )
+
+    # -- server-initiated sends ----------------------------------------------------------------
+
+    async def send_packet(self, packet: SendT, address: Address) -> None:
+        """Send ``packet`` to ``address`` from the server's first socket of that family.
+
+        Unlike :meth:`DatagramRequest.respond`, this is an API call and raises what goes
+        wrong. On a wildcard socket the kernel picks the source address. A cancellation
+        leaves the datagram sent whole or not at all.
+
+        Args:
+            packet: What to send.
+            address: A literal IP address tuple, ``(host, port)`` or
+                ``(host, port, flowinfo, scope_id)``.
+
+        Raises:
+            DatagramTooLargeError: The packet is too large; nothing was sent.
+            ValueError: The server has no socket of the address's family.
+            anyio.ClosedResourceError: The server is not serving.
+            OSError: The kernel refused the send (counted in the statistics as well).
+        """
+        data = self._make_datagram(packet)
+        if self._state not in ("serving", "stopping"):
+            raise anyio.ClosedResourceError
+        transport = self._transport_for(address)
+        await transport.send_datagram(data, address, None)
+
+    def _transport_for(self, address: Any) -> ServerTransport:
+        host: object = None
+        if isinstance(address, tuple) and address:
+            items = cast("Any", address)
+            host = items[0]
+        if not isinstance(host, str):
+            raise TypeError(f"expected a (host, port) address tuple, got {address!r}")
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        for transport in self._transports:
+            if transport.family == family:
+                return transport
+        kind = "IPv6" if family == socket.AF_INET6 else "IPv4"
+        raise ValueError(f"the server has no {kind} socket to send to {address!r}")
+
+    # -- stopping ------------------------------------------------------------------------------
+
+    async def shutdown(self, grace_period: float = 5.0) -> None:
+        """Stop serving: stop reading at once, give running handlers time, then close.
+
+        Handlers already running (and datagrams already read) get up to ``grace_period``
+        seconds to finish, and can still reply; the rest are cancelled, the sockets closed,
+        and :meth:`serve_forever` returns. This returns once all that is done, except when
+        called from a handler: then it returns at once (a handler cannot wait for itself).
+        A later call with a shorter grace period shortens the wait. Calling it on a server
+        that is not serving closes the server.
+
+        If this call is cancelled, the shutdown still goes on; only the waiting stops.
+
+        Raises:
+            TypeError: ``grace_period`` is not a number.
+            ValueError: ``grace_period`` is negative or NaN.
+        """
+        if not isinstance(grace_period, int | float) or isinstance(grace_period, bool):
+            raise TypeError(f"grace_period must be a number, not {type(grace_period).__name__}")
+        if not grace_period >= 0:
+            raise ValueError(f"grace_period must be >= 0, got {grace_period!r}")
+        if self._state == "new":
+            self._state = "closed"
+            await anyio.lowlevel.checkpoint()
+            return
+        if self._state != "closed":
+            deadline = anyio.current_time() + grace_period
+            if deadline < self._deadline:
+                self._deadline = deadline
+                self._grace_period = grace_period
+                if self._grace_scope is not None:
+                    self._grace_scope.deadline = deadline
+            if not self._stop_requested:
+                self._stop_requested = True
+                self._log.logger.info(
+                    "shutting down (grace period %.1f s) on %s",
+                    grace_period,
+                    _format_addresses(self._addresses),
+                )
+            if self._readers_scope is not None:
+                self._readers_scope.cancel()
+        stopped = self._stopped
+        if stopped is None or anyio.get_current_task().id in self._worker_task_ids:
+            await anyio.lowlevel.checkpoint()
+            return
+        await stopped.wait()
+
+    async def aclose(self) -> None:
+        """Stop serving at once: cancel running handlers and close the sockets.
+
+        The same as ``shutdown(grace_period=0)``: returns when the sockets are closed (their
+        ports free again), except when called from a handler. Closing twice is fine. If this
+        call is cancelled, the closing still goes on; only the waiting stops.
+        """
+        await self.shutdown(0)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # -- blocking entry point ------------------------------------------------------------------
+
+    def run(
+        self,
+        *,
+        backend: str = "asyncio",
+        backend_options: dict[str, Any] | None = None,
+        workers: int = 1,
+    ) -> None:
+        """Serve until SIGINT (Ctrl-C) or SIGTERM, blocking the calling thread.
+
+        The first signal shuts the server down gracefully (:meth:`shutdown`, 5 s of grace), a
+        second one closes it at once; then this returns normally. Signals are only handled
+        when called from the main thread.
+
+        With ``workers > 1`` the calling process becomes a supervisor of that many worker
+        processes (forked: the handler may be any callable, closures included), each with
+        its own event loop and its own sockets on the same port (``SO_REUSEPORT``, so the
+        kernel spreads clients over them). A port of 0 is chosen once, by the first worker,
+        and shared by all; the supervisor itself keeps no socket. SIGINT or SIGTERM to the
+        supervisor stops every worker gracefully (workers leave SIGINT to the supervisor, so
+        Ctrl-C in a terminal counts once). If a worker dies on its own, the others are stopped
+        and this raises.
+
+        Args:
+            backend: ``"asyncio"``, ``"trio"``, or ``"uvloop"`` (shorthand for asyncio with
+                ``use_uvloop=True``).
+            backend_options: Passed to :func:`anyio.run`.
+            workers: How many processes serve (Linux and other POSIX systems with ``fork``
+                and ``SO_REUSEPORT``).
+
+        Raises:
+            ValueError: An unknown backend, or ``workers < 1``.
+            ImportError: The backend (trio, uvloop) is not installed.
+            OSError: The address could not be bound.
+            RuntimeError: The server is serving or was closed, or a worker process failed.
+        """
+        backend_name, options = resolve_backend(backend, backend_options)
+        if not isinstance(workers, int) or isinstance(workers, bool):
+            raise TypeError(f"workers must be an int, not {type(workers).__name__}")
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        if self._state != "new":
+            raise RuntimeError(f"the server cannot run: it is {self._state}")
+        if workers == 1:
+            run_in_this_process(self, backend_name, options)
+        else:
+            run_workers(self, workers, backend_name, options)
+
+    def _use_port(self, port: int) -> None:
+        # For worker processes: bind this port, shared with the other workers.
+        self._port = port
+        self._reuse_port = True
