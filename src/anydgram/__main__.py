@@ -1,33 +1,15 @@
-"""The ``anydgram`` command line.
+"""``python -m anydgram`` and the ``anydgram`` console script: the command line.
 
-``python -m anydgram`` and the ``anydgram`` console script both call :func:`main`.
+The commands live in the private ``anydgram._cli`` package; see ``anydgram --help``.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
-from collections.abc import Sequence
 
-from ._version import __version__
+from ._cli import main
 
-
-def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="anydgram",
-        description="anydgram: async datagram servers and clients for asyncio, uvloop and trio.",
-    )
-    parser.add_argument("--version", action="version", version=f"anydgram {__version__}")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line with ``argv`` (default: ``sys.argv[1:]``) and return the exit code."""
-    parser = _build_parser()
-    parser.parse_args(argv)
-    parser.print_usage(sys.stdout)
-    return 0
-
+__all__ = ("main",)
 
 if __name__ == "__main__":
     sys.exit(main())
