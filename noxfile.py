@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import nox
 
 nox.options.default_venv_backend = "venv"
@@ -39,3 +42,47 @@ def docs(session: nox.Session) -> None:
     """Build the HTML documentation; any Sphinx warning fails the build."""
     session.install("-e", ".[docs]")
     session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html")
+
+
+#: The atheris harnesses: corpus name -> script (see docs/fuzzing.md).
+FUZZ_HARNESSES = {
+    "serializers": "tests/fuzz/fuzz_serializers.py",
+    "server_path": "tests/fuzz/fuzz_server_path.py",
+}
+FUZZ_FLAGS = [
+    "-runs=100000",
+    "-max_total_time=300",  # a safety net: stop after 5 minutes even short of -runs
+    "-max_len=4096",
+    "-len_control=0",  # long inputs from the start: nesting and decompression limits need them
+    "-timeout=30",  # one input running longer than this is a hang, reported as a crash
+    "-print_final_stats=1",
+]
+
+
+@nox.session
+def fuzz(session: nox.Session) -> None:
+    """Fuzz the serializers and the server's receive path with atheris, for a bounded time.
+
+    Each harness runs 100,000 inputs (at most 300 s). libFuzzer flags given after ``--``
+    override these (``nox -s fuzz -- -runs=1000``). New inputs go to a scratch directory, so
+    the committed corpus in tests/fuzz/corpus/ is only read; ``--update-corpus`` merges the
+    new inputs that add coverage into it. Crash reproducers go to tests/fuzz/artifacts/.
+    """
+    session.install("-e", ".[test]", "atheris")
+    update_corpus = "--update-corpus" in session.posargs
+    flags = [arg for arg in session.posargs if arg != "--update-corpus"]
+    scratch_root = Path(session.create_tmp()) / "fuzz-corpus"
+    for name, script in FUZZ_HARNESSES.items():
+        corpus = Path("tests/fuzz/corpus") / name
+        scratch = scratch_root / name
+        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.mkdir(parents=True)
+        artifacts = Path("tests/fuzz/artifacts") / name
+        artifacts.mkdir(parents=True, exist_ok=True)
+        prefix = f"-artifact_prefix={artifacts}/"
+        # libFuzzer writes new inputs to the first directory and only reads the others.
+        session.run("python", script, *FUZZ_FLAGS, prefix, *flags, str(scratch), str(corpus))
+        if update_corpus:
+            session.run(
+                "python", script, "-merge=1", "-max_len=4096", prefix, str(corpus), str(scratch)
+            )

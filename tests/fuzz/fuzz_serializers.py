@@ -1,0 +1,337 @@
+"""Fuzz harness: untrusted bytes through ``DatagramProtocol.build_packet_from_datagram``.
+
+What it covers: every serializer and wrapper in :mod:`anydgram.serializers`, each inside a
+:class:`~anydgram.DatagramProtocol` (see :data:`TARGETS`). The first byte of an input picks
+the target (``data[0] % len(TARGETS)``), the rest is the datagram. For every input:
+
+* parsing returns a packet or raises :class:`~anydgram.DatagramProtocolParseError`, whose
+  ``.data`` is the datagram, whose ``.address`` is ``None`` and whose ``__cause__`` is the
+  serializer's :class:`~anydgram.DeserializeError` (or ``None`` when the datagram was over
+  ``max_datagram_size``). Any other exception is a crash;
+* a packet that parsed is sent back through ``make_datagram`` where that is an invariant
+  (:class:`RoundTrip`): the datagram is reproduced exactly, or the re-encoding is a fixed
+  point (``make(build(make(p))) == make(p)``). Re-encoding may be refused only with
+  :class:`~anydgram.DatagramTooLargeError` or with the errors a target lists as legitimate.
+  Object formats are round-tripped only when the packet is a small acyclic tree of
+  JSON-like values (:func:`is_plain`): CBOR and MessagePack decode tagged and extension
+  types that no encoder promises to take back, and depth limits differ between encoders
+  and decoders.
+
+What it does not cover: the tag check of :class:`~anydgram.serializers.HMACSerializer`
+and :class:`~anydgram.serializers.PickleSerializer` cannot be forged by a fuzzer, so the
+decoders behind them see only the seed corpus (made by ``make_corpus.py`` with the keys
+below); those inner decoders are fuzzed directly through their own targets, except
+:func:`pickle.loads`, which must never see unauthenticated bytes. A zlib stream whose
+checksum survives mutation is rare, so the decoders behind
+:class:`~anydgram.serializers.ZlibSerializer` are mostly reached through the seeds as well.
+No sockets are involved; ``fuzz_server_path.py`` covers the receive path.
+
+Run ``python tests/fuzz/fuzz_serializers.py [libFuzzer flags] [corpus dirs]`` with atheris
+installed (``nox -s fuzz`` does this), or call :func:`test_one_input` from plain Python
+(``tests/test_fuzz_harnesses.py``); the module imports atheris only when run as a script.
+
+:data:`TARGETS` is append-only: a target's index is the first byte of its corpus files.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shlex
+import sys
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, cast
+
+from anydgram import DatagramProtocol, DatagramProtocolParseError, DatagramTooLargeError
+from anydgram.serializers import (
+    Base64Serializer,
+    BytesSerializer,
+    CBORSerializer,
+    DeserializeError,
+    HMACSerializer,
+    JSONSerializer,
+    MessagePackSerializer,
+    PickleSerializer,
+    StringSerializer,
+    StructSerializer,
+    ZlibSerializer,
+)
+
+#: Keys of the keyed targets. Test values: they only have to match the seed corpus.
+HMAC_KEY = b"anydgram-fuzz-hmac-key-0123456789"
+PICKLE_KEY = b"anydgram-fuzz-pickle-key-01234567"
+
+#: Bounds of :func:`is_plain`, far below every encoder's and decoder's depth limit.
+MAX_PLAIN_DEPTH = 200
+MAX_PLAIN_NODES = 10_000
+
+
+class RoundTrip(Enum):
+    """What re-encoding a parsed packet must do."""
+
+    #: ``make_datagram(packet)`` gives back the very bytes that were parsed.
+    EXACT = "exact"
+    #: ``make_datagram`` may normalise (whitespace, number forms, BOMs), but its output parses
+    #: again and re-encodes to the same bytes.
+    STABLE = "stable"
+    #: No round trip is checked (the reason is next to the target).
+    NONE = "none"
+
+
+@dataclass(frozen=True)
+class Target:
+    """One protocol under test, the round trip it promises, and seed packets for the corpus."""
+
+    name: str
+    protocol: DatagramProtocol[Any, Any]
+    round_trip: RoundTrip
+    seeds: tuple[Any, ...]
+    #: Errors besides DatagramTooLargeError that re-encoding a parsed packet may raise.
+    reencode_errors: tuple[type[Exception], ...] = ()
+
+
+_JSON_SEEDS: tuple[Any, ...] = (
+    {"id": 7, "op": "probe", "values": [1.5, -2, None, True, False], "tags": {"a": []}},
+    [],
+    'text with ünïcödé and \u2028 and "quotes"',
+    [1e300, -0.0, 12345678901234567890, 0.1],
+    {"deep": [[[[{"x": [1, [2, [3]]]}]]]]},
+)
+_BINARY_SEEDS: tuple[Any, ...] = (
+    *_JSON_SEEDS,
+    {"blob": b"\x00\xff" * 8, "n": -(2**63), "m": 2**64 - 1},
+    [b"", "", 0, -1, 3.25],
+)
+
+
+def _protocol(serializer: Any, max_datagram_size: int = 65507) -> DatagramProtocol[Any, Any]:
+    return DatagramProtocol(serializer, max_datagram_size=max_datagram_size)
+
+
+TARGETS: tuple[Target, ...] = (
+    Target("bytes", _protocol(BytesSerializer()), RoundTrip.EXACT, (b"", b"\x00hello\xff")),
+    Target(
+        "bytes-max64",
+        _protocol(BytesSerializer(), max_datagram_size=64),
+        RoundTrip.EXACT,
+        (b"x" * 64, b"short"),
+    ),
+    Target("str-utf8", _protocol(StringSerializer()), RoundTrip.EXACT, ("", "héllo, wörld ✓")),
+    # Decoding strips a BOM and accepts either byte order; encoding writes a native-order BOM.
+    Target("str-utf16", _protocol(StringSerializer("utf-16")), RoundTrip.STABLE, ("", "héllo ✓")),
+    # A name that decodes need not encode again (label lengths, empty labels, nameprep).
+    Target(
+        "str-idna",
+        _protocol(StringSerializer("idna")),
+        RoundTrip.STABLE,
+        ("example.org", "bücher.example", "xn--nxasmq6b.example"),
+        reencode_errors=(UnicodeError,),
+    ),
+    # The standard library decodes the escape "\ud800" into a lone surrogate that UTF-8
+    # cannot encode (documented on JSONSerializer).
+    Target(
+        "json-stdlib",
+        _protocol(JSONSerializer(use_orjson=False)),
+        RoundTrip.STABLE,
+        (*_JSON_SEEDS, float("nan"), float("-inf")),
+        reencode_errors=(UnicodeEncodeError,),
+    ),
+    Target(
+        "json-orjson", _protocol(JSONSerializer(use_orjson=True)), RoundTrip.STABLE, _JSON_SEEDS
+    ),
+    Target("msgpack", _protocol(MessagePackSerializer()), RoundTrip.STABLE, _BINARY_SEEDS),
+    Target("cbor", _protocol(CBORSerializer()), RoundTrip.STABLE, (*_BINARY_SEEDS, 2**100)),
+    Target(
+        "struct-IHd",
+        _protocol(StructSerializer("!IHd")),
+        RoundTrip.STABLE,
+        ((1, 80, 0.5), (2**32 - 1, 65535, float("inf"))),
+    ),
+    # Not EXACT: "?" reads any non-zero byte as True, "e"/"f" NaN payloads are not kept.
+    Target(
+        "struct-mixed",
+        _protocol(StructSerializer("<?bBhHiIqQefd")),
+        RoundTrip.STABLE,
+        ((True, -1, 255, -300, 60000, -(2**31), 2**32 - 1, -(2**63), 2**64 - 1, 1.5, 0.25, -3.0),),
+    ),
+    # Pad bytes are dropped on reading and written as zeros; "p" clips the length byte.
+    Target(
+        "struct-bytes",
+        _protocol(StructSerializer("!4s5p2xc")),
+        RoundTrip.STABLE,
+        ((b"abcd", b"xyz", b"!"), (b"\x00" * 4, b"", b"\xff")),
+    ),
+    Target(
+        "pickle",
+        _protocol(PickleSerializer(key=PICKLE_KEY)),
+        RoundTrip.STABLE,
+        ({"id": 1, "values": (1, 2.5, None), "raw": b"\x00"}, ["a", "b"]),
+    ),
+    Target(
+        "zlib-bytes",
+        _protocol(ZlibSerializer(BytesSerializer())),
+        RoundTrip.STABLE,
+        (b"", b"a" * 1000, bytes(range(256))),
+    ),
+    Target(
+        "zlib-bytes-max256",
+        _protocol(ZlibSerializer(BytesSerializer(), max_size=256)),
+        RoundTrip.STABLE,
+        (b"b" * 256, b"tiny"),
+    ),
+    # No round trip: ZlibSerializer bounds what it inflates, not what it compresses, and a JSON
+    # value may re-encode longer than it arrived ("1E5" -> "100000.0"), so a packet that
+    # parsed can re-encode past max_size and be refused by the same protocol.
+    Target(
+        "zlib-json",
+        _protocol(ZlibSerializer(JSONSerializer(use_orjson=False), max_size=4096)),
+        RoundTrip.NONE,
+        _JSON_SEEDS,
+    ),
+    Target(
+        "base64-json",
+        _protocol(Base64Serializer(JSONSerializer(use_orjson=False))),
+        RoundTrip.STABLE,
+        _JSON_SEEDS,
+        reencode_errors=(UnicodeEncodeError,),
+    ),
+    Target(
+        "base64url-msgpack",
+        _protocol(Base64Serializer(MessagePackSerializer(), alphabet="urlsafe")),
+        RoundTrip.STABLE,
+        _BINARY_SEEDS,
+    ),
+    Target(
+        "hmac-cbor",
+        _protocol(HMACSerializer(CBORSerializer(), HMAC_KEY)),
+        RoundTrip.STABLE,
+        _BINARY_SEEDS,
+    ),
+    Target(
+        "hmac-struct",
+        _protocol(HMACSerializer(StructSerializer("!IHd"), HMAC_KEY, digestmod="sha1")),
+        RoundTrip.STABLE,
+        ((3, 443, -1.25),),
+    ),
+    Target(
+        "base64-zlib-str",
+        _protocol(Base64Serializer(ZlibSerializer(StringSerializer()))),
+        RoundTrip.STABLE,
+        ("", "compress me " * 20),
+    ),
+    Target(
+        "hmac-zlib-orjson",
+        _protocol(HMACSerializer(ZlibSerializer(JSONSerializer(use_orjson=True)), HMAC_KEY)),
+        RoundTrip.NONE,  # the zlib-json reason above
+        _JSON_SEEDS,
+    ),
+)
+
+
+def is_plain(packet: object) -> bool:
+    """Whether ``packet`` is a small tree of JSON-like values (plus bytes and tuples).
+
+    The walk is iterative and bounded (:data:`MAX_PLAIN_DEPTH`, :data:`MAX_PLAIN_NODES`) and
+    stops at the first container seen twice, so a cycle or a shared subtree (should a decoder
+    ever build one) ends it at once. Subclasses of the accepted types are refused.
+    """
+    seen: set[int] = set()
+    stack: list[tuple[object, int]] = [(packet, 0)]
+    nodes = 0
+    while stack:
+        value, depth = stack.pop()
+        nodes += 1
+        if nodes > MAX_PLAIN_NODES or depth > MAX_PLAIN_DEPTH:
+            return False
+        kind = type(value)
+        if kind in (type(None), bool, int, float, str, bytes):
+            continue
+        if kind is list or kind is tuple:
+            children = list(cast("list[object] | tuple[object, ...]", value))
+        elif kind is dict:
+            mapping = cast("dict[object, object]", value)
+            children = [*mapping.keys(), *mapping.values()]
+        else:
+            return False
+        if id(value) in seen:
+            return False
+        seen.add(id(value))
+        stack.extend((child, depth + 1) for child in children)
+    return True
+
+
+def _check_parse_error(
+    exc: DatagramProtocolParseError, protocol: DatagramProtocol[Any, Any], datagram: bytes
+) -> None:
+    assert exc.data == datagram, "DatagramProtocolParseError.data is not the datagram"
+    assert exc.address is None, "the protocol layer filled in an address"
+    if len(datagram) > protocol.max_datagram_size:
+        assert exc.__cause__ is None, "an oversize datagram reached the serializer"
+    else:
+        assert isinstance(exc.__cause__, DeserializeError), (
+            f"parse error caused by {exc.__cause__!r}, not a DeserializeError"
+        )
+
+
+def _reparse_own(protocol: DatagramProtocol[Any, Any], datagram: bytes) -> Any:
+    try:
+        return protocol.build_packet_from_datagram(datagram)
+    except DatagramProtocolParseError as exc:
+        raise AssertionError(f"the protocol refused a datagram it made: {datagram!r}") from exc
+
+
+def _check_round_trip(target: Target, datagram: bytes, packet: Any) -> None:
+    protocol = target.protocol
+    if target.round_trip is RoundTrip.EXACT:
+        made = protocol.make_datagram(packet)
+        assert made == datagram, f"{target.name}: re-encoded as {made!r}"
+        return
+    if target.round_trip is RoundTrip.NONE or not is_plain(packet):
+        return
+    refusals: tuple[type[Exception], ...] = (DatagramTooLargeError, *target.reencode_errors)
+    try:
+        first = protocol.make_datagram(packet)
+    except refusals:
+        return
+    second = protocol.make_datagram(_reparse_own(protocol, first))
+    assert second == first, f"{target.name}: re-encoding is not stable: {first!r} -> {second!r}"
+
+
+def test_one_input(data: bytes) -> None:
+    """Parse one fuzzer input; raise (crash) on anything but a well-formed parse error."""
+    if not data:
+        return
+    target = TARGETS[data[0] % len(TARGETS)]
+    datagram = data[1:]
+    try:
+        packet = target.protocol.build_packet_from_datagram(datagram)
+    except DatagramProtocolParseError as exc:
+        _check_parse_error(exc, target.protocol, datagram)
+        return
+    _check_round_trip(target, datagram, packet)
+
+
+def seed_inputs() -> dict[str, bytes]:
+    """The seed corpus: each target's seed packets as fuzzer inputs, by file name."""
+    seeds: dict[str, bytes] = {}
+    for index, target in enumerate(TARGETS):
+        for number, packet in enumerate(target.seeds):
+            datagram = target.protocol.make_datagram(packet)
+            seeds[f"{index:02d}-{target.name}-{number}"] = bytes([index]) + datagram
+    return seeds
+
+
+if __name__ == "__main__":
+    # Imported by name: atheris ships no type information, and the type checkers run
+    # where it is not installed.
+    atheris: Any = importlib.import_module("atheris")
+
+    # anydgram was imported above, before atheris was, so instrument the code already
+    # loaded (anydgram and the pure-Python parts of its decoders) instead of import hooks.
+    atheris.instrument_all()
+    # libFuzzer runs argv[0] through the shell for -merge (and -fork, -jobs): make it a
+    # command that starts this script with this interpreter.
+    command = shlex.join([sys.executable, os.path.abspath(__file__)])
+    atheris.Setup([command, *sys.argv[1:]], test_one_input)
+    atheris.Fuzz()
