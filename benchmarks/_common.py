@@ -17,6 +17,7 @@ import select
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -39,6 +40,7 @@ __all__ = (
     "raw_echo_server",
     "run_child",
     "run_interleaved",
+    "server_process",
     "write_json",
 )
 
@@ -164,37 +166,53 @@ def raw_echo_server(
     The server stops by itself after ``max_seconds`` (or once idle, or orphaned); on leaving
     the block it is terminated by its PID in any case.
     """
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            str(_ECHO_SERVER),
-            "--cpu",
-            str(cpu),
-            "--max-seconds",
-            str(max_seconds),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        ready, _, _ = select.select([proc.stdout], [], [], start_timeout)
-        line = proc.stdout.readline() if ready else ""
-        if not line.strip().isdigit():
-            raise RuntimeError(f"the echo server did not start (said {line!r})")
-        yield LOOPBACK, int(line)
-        if proc.poll() is not None:  # its rows show the failures; say why they happened
-            print(f"warning: the echo server exited early ({proc.returncode})", file=sys.stderr)
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
-        if proc.stdout is not None:
-            proc.stdout.close()
+    argv = [str(_ECHO_SERVER), "--cpu", str(cpu), "--max-seconds", str(max_seconds)]
+    with server_process(argv, start_timeout=start_timeout) as (_, port):
+        yield LOOPBACK, port
+
+
+@contextmanager
+def server_process(
+    argv: Sequence[str], *, start_timeout: float = 10.0
+) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """Run ``python argv...``, a server that prints its port first; yield ``(process, port)``.
+
+    The server is expected to stop by itself eventually; on leaving the block it is
+    terminated by its PID in any case (killed if it does not exit within 5 s). Its stderr goes
+    to a temporary file, so a chatty server cannot block on a full pipe.
+
+    Raises:
+        RuntimeError: The server did not print a port within ``start_timeout`` seconds; the
+            message holds the end of its stderr.
+    """
+    with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, *argv], stdout=subprocess.PIPE, stderr=stderr, text=True
+        )
+        try:
+            assert proc.stdout is not None
+            ready, _, _ = select.select([proc.stdout], [], [], start_timeout)
+            line = proc.stdout.readline() if ready else ""
+            if not line.strip().isdigit():
+                stderr.seek(0)
+                tail = stderr.read()[-2000:].strip()
+                raise RuntimeError(f"the server did not start (said {line!r}): {argv}\n{tail}")
+            yield proc, int(line)
+            if proc.poll() is not None:  # its rows show the failures; say why they happened
+                stderr.seek(0)
+                tail = stderr.read()[-2000:].strip()
+                print(f"warning: the server exited early ({proc.returncode})", file=sys.stderr)
+                print(tail, file=sys.stderr)
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(timeout=5)
+            if proc.stdout is not None:
+                proc.stdout.close()
 
 
 def environment() -> dict[str, Any]:
