@@ -2,8 +2,9 @@
 
 The behaviour cases in ``test_endpoint.py`` are written once against these builders, so every
 implementation (async endpoints over each address family, the blocking client and endpoint, and
-later the in-memory network) runs the same cases. The peer is a plain non-blocking stdlib
-socket, so the cases do not test anydgram against itself.
+the in-memory network) runs the same cases. The peer is a plain non-blocking stdlib socket, so
+the cases do not test anydgram against itself; on the in-memory network (kind ``"memory"``,
+async only) it is a raw-bytes memory endpoint (:class:`MemoryPeer`), the only thing there is.
 
 The blocking classes are driven through small async adapters that run each blocking call in a
 worker thread (``anyio.to_thread``); a cancelled receive abandons its thread, which then ends
@@ -21,7 +22,7 @@ import tempfile
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Protocol, Self, TypeVar
 
@@ -36,8 +37,13 @@ from anydgram import (
     SyncDatagramClient,
     SyncDatagramEndpoint,
 )
+from anydgram.serializers import BytesSerializer
+from anydgram.testing import MemoryNetwork
 
 KINDS = ["udp4", "udp6", "unix", "unix-abstract"]
+#: The in-memory network's kind: async endpoints only (the blocking classes have no network=),
+#: and only for cases that need no real socket (file descriptors, options, kernel buffers).
+MEMORY = "memory"
 #: The implementations every behaviour case runs on: the async endpoints, and the blocking
 #: ones behind an async adapter.
 IMPLS = ["async", "sync"]
@@ -296,6 +302,28 @@ class RawPeer:
                 os.unlink(self._unlink)
 
 
+class MemoryPeer(RawPeer):
+    """The far side on a :class:`MemoryNetwork`: a raw-bytes endpoint there. It has no ``sock``."""
+
+    def __init__(self, endpoint: anydgram.DatagramEndpoint[bytes, bytes]) -> None:
+        # No socket to set up: RawPeer's constructor is not called.
+        self._endpoint = endpoint
+        self._unlink = None
+
+    @property
+    def address(self) -> Any:
+        return self._endpoint.local_address
+
+    async def send(self, data: bytes, address: Any) -> None:
+        await self._endpoint.send_packet(data, address)
+
+    async def recv(self, bufsize: int = 70000) -> tuple[bytes, Any]:
+        return await self._endpoint.recv_packet()
+
+    def close(self) -> None:
+        self._endpoint._io.close_now()
+
+
 def _unix_name(kind: str, directory: str) -> str:
     if kind == "unix-abstract":
         return f"\0anydgram-test-{uuid.uuid4().hex}"
@@ -340,6 +368,8 @@ class Harness:
     directory: str
     stack: AsyncExitStack
     impl: str = "async"
+    #: The network of the ``"memory"`` kind; its queues hold a test's worth of datagrams.
+    network: MemoryNetwork = field(default_factory=lambda: MemoryNetwork(queue_size=1 << 16))
 
     @property
     def is_udp(self) -> bool:
@@ -349,8 +379,19 @@ class Harness:
     def is_sync(self) -> bool:
         return self.impl == "sync"
 
+    @property
+    def is_memory(self) -> bool:
+        return self.kind == MEMORY
+
     def peer(self) -> RawPeer:
-        peer = make_peer(self.kind, self.directory)
+        if self.is_memory:
+            # Bound at once (as a socket would be): open_udp_endpoint() minus its checkpoint.
+            io = self.network._bind("127.0.0.1", 0, None, anydgram.MAX_UDP_PAYLOAD)
+            peer: RawPeer = MemoryPeer(
+                anydgram.DatagramEndpoint(io, DatagramProtocol(BytesSerializer()))
+            )
+        else:
+            peer = make_peer(self.kind, self.directory)
         self.stack.callback(peer.close)
         return peer
 
@@ -364,7 +405,10 @@ class Harness:
     ) -> Client:
         """A client connected to ``peer``."""
         client: Client
-        if self.is_udp:
+        if self.is_memory:
+            host, port = peer.address
+            client = await self.network.connect_udp(host, port, protocol=protocol)
+        elif self.is_udp:
             host, port = peer.address[:2]
             client = await self._connect_udp(
                 host,
@@ -441,7 +485,9 @@ class Harness:
     ) -> Endpoint:
         """A bound, unconnected endpoint on the loopback interface."""
         endpoint: Endpoint
-        if self.is_udp:
+        if self.is_memory:
+            endpoint = await self.network.open_udp_endpoint("127.0.0.1", protocol=protocol)
+        elif self.is_udp:
             host = "127.0.0.1" if self.kind == "udp4" else "::1"
             if self.is_sync:
 

@@ -1,8 +1,11 @@
 """The behaviour every endpoint shares, on every backend and address family (DESIGN.md table).
 
 Each case runs on every implementation (``async``: the async endpoints; ``sync``: the blocking
-ones behind an async adapter) unless it asks for ``async_harness``: those cases need what only
-the async API has, cancel scopes around a receive or anyio's typed attributes.
+ones behind an async adapter; ``memory``: async endpoints on ``anydgram.testing.MemoryNetwork``)
+unless it asks for ``async_harness``: those cases need what only the async API has, cancel
+scopes around a receive or anyio's typed attributes. Cases about real sockets (options, file
+descriptors, kernel buffers, binding the freed address with a socket) ask for
+``socket_harness``, which leaves the memory network out.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from anydgram import (
 from anydgram.serializers import BytesSerializer, JSONSerializer
 from endpoint_harness import (
     KINDS,
+    MEMORY,
     Harness,
     RawPeer,
     harness_params,
@@ -33,13 +37,20 @@ from endpoint_harness import (
 )
 
 
-@pytest.fixture(params=harness_params(KINDS))
+@pytest.fixture(params=harness_params(KINDS) + harness_params([MEMORY], ["async"]))
 async def harness(request: pytest.FixtureRequest) -> AsyncGenerator[Harness]:
     async with open_harness_for(request) as h:
         yield h
 
 
-@pytest.fixture(params=harness_params(KINDS, ["async"]))
+@pytest.fixture(params=harness_params(KINDS))
+async def socket_harness(request: pytest.FixtureRequest) -> AsyncGenerator[Harness]:
+    """For cases about real sockets: every kind but the memory network."""
+    async with open_harness_for(request) as h:
+        yield h
+
+
+@pytest.fixture(params=harness_params([*KINDS, MEMORY], ["async"]))
 async def async_harness(request: pytest.FixtureRequest) -> AsyncGenerator[Harness]:
     """For cases only the async API can express (cancel scopes, typed attributes)."""
     async with open_harness_for(request) as h:
@@ -265,7 +276,10 @@ async def test_unconnected_endpoint_counts_icmp_and_keeps_serving(ip_harness: Ha
 # -- flow control and cancellation ------------------------------------------------------------
 
 
-async def test_backpressure_waits_in_kernel_and_every_loss_is_counted(harness: Harness) -> None:
+async def test_backpressure_waits_in_kernel_and_every_loss_is_counted(
+    socket_harness: Harness,
+) -> None:
+    harness = socket_harness
     peer = harness.peer()
     endpoint = await harness.endpoint(recv_buffer_size=4096)
     sent = 0
@@ -418,7 +432,8 @@ async def test_negative_budget_is_refused(harness: Harness) -> None:
 # -- closing ---------------------------------------------------------------------------------
 
 
-async def test_aclose_wakes_blocked_receiver_and_frees_the_address(harness: Harness) -> None:
+async def test_aclose_wakes_blocked_receiver_and_frees_the_address(socket_harness: Harness) -> None:
+    harness = socket_harness
     endpoint = await harness.endpoint()
     address = endpoint.local_address
     woke_at: list[float] = []
@@ -450,7 +465,8 @@ async def test_aclose_wakes_blocked_receiver_and_frees_the_address(harness: Harn
 # -- adoption, proxies and attributes ---------------------------------------------------------
 
 
-async def test_socket_proxy(harness: Harness) -> None:
+async def test_socket_proxy(socket_harness: Harness) -> None:
+    harness = socket_harness
     peer = harness.peer()
     client = await harness.client(peer)
     proxy = client.socket
@@ -476,7 +492,8 @@ async def test_typed_attributes(async_harness: Harness) -> None:
         assert client.extra(anyio.abc.SocketAttribute.local_port) == client.local_address[1]
 
 
-async def test_buffer_sizes_are_reported(harness: Harness) -> None:
+async def test_buffer_sizes_are_reported(socket_harness: Harness) -> None:
+    harness = socket_harness
     endpoint = await harness.endpoint(recv_buffer_size=1 << 16, send_buffer_size=1 << 15)
     stats = endpoint.statistics()
     assert stats.recv_buffer_size > 0
@@ -485,7 +502,8 @@ async def test_buffer_sizes_are_reported(harness: Harness) -> None:
     assert stats.send_buffer_size >= 1 << 15
 
 
-async def test_from_socket_adopts_and_validates(harness: Harness) -> None:
+async def test_from_socket_adopts_and_validates(socket_harness: Harness) -> None:
+    harness = socket_harness
     peer = harness.peer()
     family = peer.sock.family
     sock = socket.socket(family, socket.SOCK_DGRAM)

@@ -658,13 +658,6 @@ def test_arguments_are_checked() -> None:
         DatagramServer("127.0.0.1", 0, echo, logger="x")  # type: ignore[call-overload]
 
 
-@pytest.mark.parametrize("option", ["rate_limit", "amplification_factor", "network"])
-def test_unimplemented_options_say_so(option: str) -> None:
-    kwargs: dict[str, Any] = {option: 3}
-    with pytest.raises(NotImplementedError, match=option.split("_")[0]):
-        DatagramServer("127.0.0.1", 0, echo, **kwargs)
-
-
 async def test_grace_period_is_checked() -> None:
     server = DatagramServer("127.0.0.1", 0, echo)
     with pytest.raises(ValueError, match="grace_period"):

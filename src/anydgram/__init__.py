@@ -18,6 +18,7 @@ from ._open_endpoint import open_udp_endpoint as open_udp_endpoint
 from ._open_endpoint import open_unix_datagram_endpoint as open_unix_datagram_endpoint
 from ._protocol import MAX_UDP_PAYLOAD as MAX_UDP_PAYLOAD
 from ._protocol import DatagramProtocol as DatagramProtocol
+from ._ratelimit import RateLimit as RateLimit
 from ._server import DatagramRequest as DatagramRequest
 from ._server import DatagramServer as DatagramServer
 from ._socket_io import SocketProxy as SocketProxy
@@ -39,6 +40,7 @@ __all__ = (
     "DatagramTooLargeError",
     "DeserializeError",
     "EndpointStatistics",
+    "RateLimit",
     "ServerStatistics",
     "SocketProxy",
     "SyncDatagramClient",

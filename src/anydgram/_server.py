@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import socket
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
@@ -32,6 +33,13 @@ from ._errors import DatagramProtocolParseError
 from ._logging import RateLimitedLog
 from ._open_endpoint import check_port
 from ._protocol import DatagramProtocol, RecvT, SendT, default_protocol
+from ._ratelimit import (
+    DEFAULT_MAX_SOURCES,
+    AmplificationLimiter,
+    RateLimit,
+    RateLimiter,
+    source_key,
+)
 from ._server_io import (
     SEND_FAIRNESS_INTERVAL,
     Received,
@@ -96,6 +104,11 @@ class DatagramRequest(Generic[SendT, RecvT]):
         statistics and logged, not raised: a reply is best effort, like UDP itself. A
         cancellation leaves the reply sent whole or not at all.
 
+        With the server's ``amplification_factor`` set, a reply that would take the bytes
+        sent to this source past the cap (and the source is not validated, see
+        :meth:`validate_peer`) is not sent: it is counted in ``amplification_dropped`` and
+        this returns normally, as for a lost datagram.
+
         Raises:
             DatagramTooLargeError: The packet serializes to more than the protocol's
                 ``max_datagram_size`` (or the kernel refused its size); nothing was sent.
@@ -108,6 +121,11 @@ class DatagramRequest(Generic[SendT, RecvT]):
             data = packet  # the raw-bytes protocol: the same bytes go on the wire
         else:
             data = server._make_datagram(packet)
+        amplification = server._amplification
+        if amplification is not None and not amplification.may_send(
+            source_key(self.address), len(data)
+        ):
+            return
         # Like ServerTransport.send_datagram, minus a coroutine per reply: the same fairness
         # rule (a full checkpoint every few replies, before the send), then a send that
         # waits only if the kernel's buffer is full.
@@ -126,6 +144,19 @@ class DatagramRequest(Generic[SendT, RecvT]):
                 await transport.send_datagram(data, self.address, local)
         except OSError as exc:
             server._send_failed(exc, self.address)
+
+    def validate_peer(self) -> None:
+        """Mark the sender as genuine: lift the anti-amplification cap for its source.
+
+        Call this once the request proves the sender really owns its address (it echoed a
+        token or cookie the server sent it, it authenticated, ...). From then on replies and
+        :meth:`DatagramServer.send_packet` to the sender's source (its IP address; for IPv6
+        its /64) are not capped, for as long as the server remembers the source (see
+        ``amplification_factor``). Without an ``amplification_factor`` this does nothing.
+        """
+        amplification = self.server._amplification
+        if amplification is not None:
+            amplification.validate(source_key(self.address))
 
 
 class _ParseErrorRequest(DatagramRequest[SendT, DatagramProtocolParseError]):
@@ -180,10 +211,19 @@ class DatagramServer(Generic[SendT, RecvT]):
         reuse_port: Set ``SO_REUSEPORT``, so several servers (processes) can share the port.
         recv_buffer_size: ``SO_RCVBUF`` to request, in bytes (``None``: the system default).
             Datagrams beyond what handlers can take wait here.
-        rate_limit: A per-source rate limit. Not implemented yet: anything but ``None``
-            raises :exc:`NotImplementedError`.
-        amplification_factor: The anti-amplification cap. Not implemented yet: anything but
-            ``None`` raises :exc:`NotImplementedError`.
+        rate_limit: A per-source rate limit (a :class:`~anydgram.RateLimit`), applied as
+            datagrams are read, before parsing: datagrams over it never reach a handler and
+            are counted in ``rate_limited`` (in log-only mode, only counted). ``None``: no
+            limit, and no cost per datagram.
+        amplification_factor: The anti-amplification cap, a number > 0: the payload bytes
+            the server sends to a source (its IP address; IPv6 by /64), as replies or with
+            :meth:`send_packet`, stay at most this many times the payload bytes received
+            from it, until a handler calls :meth:`DatagramRequest.validate_peer` for it. A
+            send over the cap is dropped and counted in ``amplification_dropped`` (not
+            raised). Sources are remembered in a table bounded like the rate limit's
+            (``rate_limit.max_sources``, else 4096), least recently seen forgotten first; a
+            forgotten source starts from zero both ways and must be validated again.
+            ``None``: no cap.
         logger: Where log records go; ``logging.getLogger("anydgram.server")`` by default.
             Records repeated in bursts (handler, parse and send errors) are rate-limited, so a
             hostile peer cannot flood the log.
@@ -192,15 +232,13 @@ class DatagramServer(Generic[SendT, RecvT]):
             in ``.data``), and ``request.respond()`` works as usual. It runs like a handler,
             within the same bound. Without one, such datagrams are dropped. They are counted
             in ``parse_errors`` either way.
-        network: An in-memory network to serve on instead of sockets. Not implemented yet
-            (it comes with ``anydgram.testing``): anything but ``None`` raises
-            :exc:`NotImplementedError`.
+        network: An :class:`anydgram.testing.MemoryNetwork` to serve on instead of sockets
+            (``host`` must then be IP address literals or ``None``; ``reuse_port`` and
+            ``recv_buffer_size`` do not apply). ``None``: real sockets.
 
     Raises:
         TypeError: An argument has the wrong type.
         ValueError: An argument is out of range.
-        NotImplementedError: ``rate_limit``, ``amplification_factor`` or ``network`` was
-            given.
     """
 
     @overload
@@ -214,7 +252,7 @@ class DatagramServer(Generic[SendT, RecvT]):
         max_concurrent_handlers: int = 256,
         reuse_port: bool = False,
         recv_buffer_size: int | None = 1 << 20,
-        rate_limit: object = None,
+        rate_limit: RateLimit | None = None,
         amplification_factor: float | None = None,
         logger: logging.Logger | None = None,
         parse_error_handler: ParseErrorHandler[bytes] | None = None,
@@ -231,7 +269,7 @@ class DatagramServer(Generic[SendT, RecvT]):
         max_concurrent_handlers: int = 256,
         reuse_port: bool = False,
         recv_buffer_size: int | None = 1 << 20,
-        rate_limit: object = None,
+        rate_limit: RateLimit | None = None,
         amplification_factor: float | None = None,
         logger: logging.Logger | None = None,
         parse_error_handler: ParseErrorHandler[SendT] | None = None,
@@ -247,7 +285,7 @@ class DatagramServer(Generic[SendT, RecvT]):
         max_concurrent_handlers: int = 256,
         reuse_port: bool = False,
         recv_buffer_size: int | None = 1 << 20,
-        rate_limit: object = None,
+        rate_limit: RateLimit | None = None,
         amplification_factor: float | None = None,
         logger: logging.Logger | None = None,
         parse_error_handler: ParseErrorHandler[Any] | None = None,
@@ -278,12 +316,44 @@ class DatagramServer(Generic[SendT, RecvT]):
             raise ValueError(f"recv_buffer_size must be positive, got {recv_buffer_size}")
         if logger is not None and not isinstance(logger, logging.Logger):
             raise TypeError(f"logger must be a logging.Logger, not {type(logger).__name__}")
-        if rate_limit is not None:
-            raise NotImplementedError("rate_limit is not implemented yet")
+        if rate_limit is not None and not isinstance(rate_limit, RateLimit):
+            raise TypeError(
+                f"rate_limit must be a RateLimit or None, not {type(rate_limit).__name__}"
+            )
         if amplification_factor is not None:
-            raise NotImplementedError("amplification_factor is not implemented yet")
+            if not isinstance(amplification_factor, int | float) or isinstance(
+                amplification_factor, bool
+            ):
+                raise TypeError(
+                    "amplification_factor must be a number or None, "
+                    f"not {type(amplification_factor).__name__}"
+                )
+            if not (amplification_factor > 0 and math.isfinite(amplification_factor)):
+                raise ValueError(
+                    "amplification_factor must be a finite number > 0, "
+                    f"got {amplification_factor!r}"
+                )
+        self._rate_limit = rate_limit
+        self._amplification_factor = amplification_factor
+        # The per-source state (a server serves once, so it lives as long as the server).
+        self._rate_limiter = None if rate_limit is None else RateLimiter(rate_limit)
+        self._amplification = (
+            None
+            if amplification_factor is None
+            else AmplificationLimiter(
+                amplification_factor,
+                DEFAULT_MAX_SOURCES if rate_limit is None else rate_limit.max_sources,
+            )
+        )
         if network is not None:
-            raise NotImplementedError("network= is not implemented yet (see anydgram.testing)")
+            from .testing import MemoryNetwork  # the testing helpers load only when used
+
+            if not isinstance(network, MemoryNetwork):
+                raise TypeError(
+                    f"network must be an anydgram.testing.MemoryNetwork or None, "
+                    f"not {type(network).__name__}"
+                )
+        self._network = network
         self._handler = handler
         self._parse_error_handler = parse_error_handler
         self._protocol: DatagramProtocol[SendT, RecvT] = (
@@ -379,8 +449,10 @@ class DatagramServer(Generic[SendT, RecvT]):
             handler_errors=self._handler_errors,
             handlers_active=self._active,
             handlers_peak=self._peak,
-            rate_limited=0,
-            amplification_dropped=0,
+            rate_limited=0 if self._rate_limiter is None else self._rate_limiter.limited,
+            amplification_dropped=(
+                0 if self._amplification is None else self._amplification.dropped
+            ),
         )
 
     # -- serving -------------------------------------------------------------------------------
@@ -419,15 +491,23 @@ class DatagramServer(Generic[SendT, RecvT]):
         self._stopped = anyio.Event()
         self._checkpoint = current_primitives().checkpoint
         try:
-            bind_addresses = await resolve_bind_addresses(self._hosts, self._port)
-            self._transports = list(
-                open_server_sockets(
-                    bind_addresses,
-                    max_datagram_size=self._protocol.max_datagram_size,
-                    reuse_port=self._reuse_port,
-                    recv_buffer_size=self._recv_buffer_size,
+            if self._network is not None:
+                self._transports = list(
+                    self._network._open_server_transports(
+                        self._hosts, self._port, self._protocol.max_datagram_size
+                    )
                 )
-            )
+                await self._checkpoint()
+            else:
+                bind_addresses = await resolve_bind_addresses(self._hosts, self._port)
+                self._transports = list(
+                    open_server_sockets(
+                        bind_addresses,
+                        max_datagram_size=self._protocol.max_datagram_size,
+                        reuse_port=self._reuse_port,
+                        recv_buffer_size=self._recv_buffer_size,
+                    )
+                )
         except BaseException:
             self._state = "closed"
             self._stopped.set()
@@ -505,6 +585,8 @@ class DatagramServer(Generic[SendT, RecvT]):
         request_class = DatagramRequest
         raw_bytes = self._raw_limit >= 0
         icmp_seen = transport.icmp_errors
+        # Per-source limits: one test per batch, nothing per datagram when there are none.
+        screened = self._rate_limiter is not None or self._amplification is not None
         while True:
             room = bound - self._active - len(pending)
             if room <= 0:
@@ -523,6 +605,8 @@ class DatagramServer(Generic[SendT, RecvT]):
                 log.log("recv", logging.ERROR, "receive failed: %s", exc)
                 await anyio.sleep(_RECV_ERROR_BACKOFF)
                 continue
+            if screened:
+                batch = self._screen(batch)
             if raw_bytes:
                 # The raw-bytes protocol's parse is the identity (the transport has already
                 # set oversize datagrams aside): skip two calls per datagram.
@@ -556,6 +640,44 @@ class DatagramServer(Generic[SendT, RecvT]):
                     transport.icmp_errors - icmp_seen,
                 )
                 icmp_seen = transport.icmp_errors
+
+    def _screen(self, batch: list[Received]) -> list[Received]:
+        """Apply the per-source limits to a batch; return the datagrams left to handle.
+
+        The rate limit drops (or, log-only, just counts) datagrams over it; the
+        anti-amplification cap counts the bytes of those that remain as received.
+        """
+        limiter = self._rate_limiter
+        amplification = self._amplification
+        if limiter is None:
+            assert amplification is not None
+            for data, address, _ in batch:
+                amplification.received(source_key(address), len(data))
+            return batch
+        kept: list[Received] = []
+        over_from: Any = None
+        now = time.monotonic()  # one clock read per batch, not per datagram
+        admit = limiter.admit
+        log_only = limiter.log_only
+        for item in batch:
+            key = source_key(item[1])
+            if not admit(key, now):
+                if over_from is None:
+                    over_from = item[1]
+                if not log_only:
+                    continue
+            kept.append(item)
+            if amplification is not None:
+                amplification.received(key, len(item[0]))
+        if over_from is not None:
+            self._log.log(
+                "rate",
+                logging.WARNING,
+                "rate limit exceeded by %s (and perhaps others): %s",
+                _format_address(over_from),
+                "logged only" if log_only else "dropping datagrams",
+            )
+        return kept
 
     async def _dispatch_pending(self) -> None:
         """Make sure every queued request is taken by a worker; return when none is queued.
@@ -643,6 +765,11 @@ class DatagramServer(Generic[SendT, RecvT]):
         wrong. On a wildcard socket the kernel picks the source address. A cancellation
         leaves the datagram sent whole or not at all.
 
+        The anti-amplification cap (``amplification_factor``) applies here as to replies: a
+        send over it is not made, but counted in ``amplification_dropped``, and this returns
+        normally (a cap is not the caller's error; a peer that never sent anything has no
+        budget until it is validated).
+
         Args:
             packet: What to send.
             address: A literal IP address tuple, ``(host, port)`` or
@@ -658,6 +785,9 @@ class DatagramServer(Generic[SendT, RecvT]):
         if self._state not in ("serving", "stopping"):
             raise anyio.ClosedResourceError
         transport = self._transport_for(address)
+        amplification = self._amplification
+        if amplification is not None and not amplification.may_send(source_key(address), len(data)):
+            return
         await transport.send_datagram(data, address, None)
 
     def _transport_for(self, address: Any) -> ServerTransport:
