@@ -42,6 +42,7 @@ def docs(session: nox.Session) -> None:
     """Build the HTML documentation; any Sphinx warning fails the build."""
     session.install("-e", ".[docs]")
     session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html")
+    session.run("python", "docs/check_reference.py", "docs/_build/html")
 
 
 #: The atheris harnesses: corpus name -> script (see docs/fuzzing.md).
