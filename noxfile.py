@@ -33,8 +33,17 @@ def lint(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     """Type-check the package and the tests with mypy --strict and pyright."""
     session.install("-e", ".[test,dev]")
-    session.run("mypy", "--strict", "src", "tests")
-    session.run("pyright", "src", "tests")
+    session.run("mypy", "--strict", "src", "tests", "examples")
+    session.run("pyright", "src", "tests", "examples")
+
+
+@nox.session
+def examples(session: nox.Session) -> None:
+    """Type-check the examples, then run each one against its real peers (and nginx)."""
+    session.install("-e", ".[test,dev]")
+    session.run("mypy", "--strict", "examples")
+    session.run("pyright", "examples")
+    session.run("pytest", "tests/test_examples.py", "tests/test_nginx.py", *session.posargs)
 
 
 @nox.session
