@@ -465,7 +465,10 @@ def _open_one(
             elif family == socket.AF_INET6 and IPV6_RECVPKTINFO is not None:
                 sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
                 pktinfo = True
-        return ServerSocketIO(sock, max_datagram_size=max_datagram_size, pktinfo=pktinfo)
+        # Batched recvmmsg on Linux where it applies, the portable path elsewhere.
+        from ._mmsg import server_socket_io  # here, not at the top: _mmsg imports this module
+
+        return server_socket_io(sock, max_datagram_size=max_datagram_size, pktinfo=pktinfo)
     except BaseException:
         sock.close()
         raise
