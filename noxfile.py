@@ -54,6 +54,21 @@ def docs(session: nox.Session) -> None:
     session.run("python", "docs/check_reference.py", "docs/_build/html")
 
 
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Run every benchmark (benchmarks/run_all.py): tables on stdout, JSON and chart in results/.
+
+    About 7 minutes on a 2-core machine; ``nox -s bench -- --quick`` is a short smoke run
+    (under a minute), and ``-- --update-docs`` also refreshes docs/benchmarks.md and its chart.
+    The peers it compares with (trio, uvloop, orjson, msgpack, cbor2, EasyNetwork) and
+    matplotlib come from the ``bench`` extra; the library itself never needs them.
+    """
+    # No byte-compiling at install: numpy and matplotlib would take half of a quick run's
+    # minute. run_all.py compiles what the measured processes import.
+    session.install("--no-compile", "-e", ".[bench]")
+    session.run("python", "benchmarks/run_all.py", *session.posargs)
+
+
 #: The atheris harnesses: corpus name -> script (see docs/fuzzing.md).
 FUZZ_HARNESSES = {
     "serializers": "tests/fuzz/fuzz_serializers.py",

@@ -32,6 +32,7 @@ __all__ = (
     "SERVER_CPU",
     "CpuTimes",
     "Summary",
+    "cpu_model",
     "cpu_times",
     "environment",
     "markdown_table",
@@ -215,10 +216,27 @@ def server_process(
                 proc.stdout.close()
 
 
+#: Packages whose versions the results depend on: anydgram, its backends and the peers.
+_VERSIONED = ("anydgram", "anyio", "trio", "uvloop", "orjson", "msgpack", "cbor2", "easynetwork")
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux), or what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as file:
+            for line in file:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "Model", "cpu model"):
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
 def environment() -> dict[str, Any]:
     """What the results depend on besides the code: interpreter, machine, load, versions."""
     versions: dict[str, str | None] = {}
-    for name in ("anydgram", "anyio", "trio", "uvloop"):
+    for name in _VERSIONED:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -227,6 +245,8 @@ def environment() -> dict[str, Any]:
         "python": platform.python_version(),
         "implementation": platform.python_implementation(),
         "platform": platform.platform(),
+        "kernel": f"{platform.system()} {platform.release()}",
+        "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "loadavg_before": list(os.getloadavg()),
         "versions": versions,

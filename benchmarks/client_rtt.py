@@ -1,11 +1,13 @@
 """Client round trips: one datagram in flight against a raw echo server, per client and backend.
 
 Each row (a client on a backend) runs in a fresh child process pinned to CPU 0; the echo server
-(``_raw_echo_server.py``) runs pinned to CPU 1. A child warms up, then does round trips until
-``--count`` or ``--seconds`` is reached, and reports round trips per second and the client's
-CPU time (user + system, from getrusage) per round trip, the headline metric. Rows are
-interleaved over ``--rounds`` rounds; the table shows the median and the min-max range, and
-ratios to the raw blocking socket loop of the same round.
+runs pinned to CPU 1: the fastest one available, the ``recvmmsg``/``sendmmsg`` loop of
+``_echo_servers.py`` on Linux, else the blocking loop of ``_raw_echo_server.py``
+(``--server``). A child warms up, then does round trips until ``--count`` or ``--seconds`` is
+reached, and reports round trips per second and the client's CPU time (user + system, from
+getrusage) per round trip, the headline metric. Rows are interleaved over ``--rounds`` rounds;
+the table shows the median and the min-max range, and ratios to the raw blocking socket loop of
+the same round.
 
 Run from the repository root: ``python benchmarks/client_rtt.py [--quick] [--json PATH]``.
 """
@@ -27,12 +29,14 @@ from contextlib import (
     contextmanager,
 )
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import anyio
 from _common import (
     CLIENT_CPU,
     LOOPBACK,
+    SERVER_CPU,
     Summary,
     cpu_times,
     environment,
@@ -42,8 +46,12 @@ from _common import (
     raw_echo_server,
     run_child,
     run_interleaved,
+    server_process,
     write_json,
 )
+from _loadgen import mmsg_available
+
+_SERVERS = Path(__file__).with_name("_echo_servers.py")
 
 #: How long one round trip may take before it counts as a timeout (the datagram was lost).
 REQUEST_TIMEOUT = 1.0
@@ -109,6 +117,27 @@ async def open_anyio_client(host: str, port: int) -> AsyncIterator[AsyncRoundTri
 
 
 @contextmanager
+def open_sync_client(host: str, port: int) -> Iterator[SyncRoundTrips]:
+    import anydgram
+
+    def round_trips(payload: bytes, count: int, deadline: float) -> tuple[int, int]:
+        attempts = timeouts = 0
+        while attempts < count and time.perf_counter() < deadline:
+            chunk = min(_CHUNK, count - attempts)
+            for _ in range(chunk):
+                client.send_packet(payload)
+                try:
+                    client.recv_packet(timeout=REQUEST_TIMEOUT)
+                except TimeoutError:
+                    timeouts += 1
+            attempts += chunk
+        return attempts, timeouts
+
+    with anydgram.SyncDatagramClient(host, port) as client:
+        yield round_trips
+
+
+@contextmanager
 def open_raw_socket(host: str, port: int) -> Iterator[SyncRoundTrips]:
     def round_trips(payload: bytes, count: int, deadline: float) -> tuple[int, int]:
         attempts = timeouts = 0
@@ -145,6 +174,7 @@ class ClientKind:
 BASELINE = "raw"
 CLIENTS: dict[str, ClientKind] = {
     "raw": ClientKind("raw blocking socket", open_sync=open_raw_socket),
+    "sync": ClientKind("anydgram SyncDatagramClient", open_sync=open_sync_client),
     "anydgram": ClientKind("anydgram DatagramClient", open_async=open_anydgram_client),
     "anyio": ClientKind("anyio connected UDP socket", open_async=open_anyio_client),
 }
@@ -248,6 +278,28 @@ def child_main(argv: Sequence[str]) -> None:
 
 # -- the driver ----------------------------------------------------------------------------------
 
+#: The echo servers the clients can be measured against. Both answer one datagram with one
+#: reply and no per-datagram Python work beyond that; the batched one spends fewer system
+#: calls, so it answers a little sooner, and the client's own CPU per round trip, the headline
+#: metric, does not depend on which one runs.
+ECHO_SERVERS = {
+    "raw-mmsg": "raw recvmmsg/sendmmsg echo server",
+    "raw": "raw blocking echo server",
+}
+
+
+@contextmanager
+def echo_server(kind: str, *, max_seconds: float) -> Iterator[tuple[str, int]]:
+    """Run the echo server ``kind`` (a key of ``ECHO_SERVERS``); yield its ``(host, port)``."""
+    if kind == "raw":
+        with raw_echo_server(max_seconds=max_seconds) as address:
+            yield address
+        return
+    argv = [str(_SERVERS), kind, "blocking", f"--cpu={SERVER_CPU}"]
+    argv.append(f"--max-seconds={max_seconds:.0f}")
+    with server_process(argv) as (_, port):
+        yield LOOPBACK, port
+
 
 class Row(NamedTuple):
     client: str
@@ -281,7 +333,7 @@ def _metric(rounds: Sequence[dict[str, Any]], key: str) -> list[float]:
     return [float(r.get(key, math.nan)) for r in rounds]
 
 
-def render(results: dict[Row, list[dict[str, Any]]], plan: Plan, rounds: int) -> str:
+def render(results: dict[Row, list[dict[str, Any]]], plan: Plan, rounds: int, server: str) -> str:
     baseline = next((r for r in results if r.client == BASELINE), None)
     base_cpu = _metric(results[baseline], "cpu_us_per_rtt") if baseline else []
     base_rate = _metric(results[baseline], "rtt_per_s") if baseline else []
@@ -313,6 +365,8 @@ def render(results: dict[Row, list[dict[str, Any]]], plan: Plan, rounds: int) ->
     out = [
         f"### Client round trips, {plan.size} B payload, one datagram in flight",
         "",
+        f"Against the {ECHO_SERVERS[server]}, pinned to CPU {SERVER_CPU}; clients pinned to "
+        f"CPU {CLIENT_CPU}. "
         f"{rounds} interleaved rounds of up to {plan.count} round trips or {plan.seconds} s; "
         "median (min-max). CPU is the client process's user + system time. "
         "Ratios are per round against the raw blocking socket loop of the same round.",
@@ -364,8 +418,17 @@ def main(argv: Sequence[str]) -> None:
     parser.add_argument("--seconds", type=float, help="seconds per measurement, at most")
     parser.add_argument("--clients", default=",".join(CLIENTS), help="comma-separated subset")
     parser.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated subset")
+    parser.add_argument(
+        "--server",
+        choices=("auto", *ECHO_SERVERS),
+        default="auto",
+        help="the echo server (auto: the fastest one available, raw-mmsg on Linux)",
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the raw results here")
     args = parser.parse_args(argv)
+    server = args.server
+    if server == "auto":
+        server = "raw-mmsg" if mmsg_available() else "raw"
     clients = [c for c in args.clients.split(",") if c]
     backends = [b for b in args.backends.split(",") if b]
     unknown = [c for c in clients if c not in CLIENTS] + [b for b in backends if b not in BACKENDS]
@@ -385,15 +448,16 @@ def main(argv: Sequence[str]) -> None:
     env = environment()
     # Enough for every child to run to its limits, so the server never outlives its use by much.
     server_seconds = len(rows) * rounds * (plan.warmup_seconds + plan.seconds + 10) + 60
-    with raw_echo_server(max_seconds=server_seconds) as (host, port):
+    with echo_server(server, max_seconds=server_seconds) as (host, port):
         results = run_interleaved(rows, rounds, lambda row: measure_row(row, host, port, plan))
-    print(render(results, plan, rounds))
+    print(render(results, plan, rounds, server))
     if args.json:
         write_json(
             args.json,
             {
                 "benchmark": "client_rtt",
-                "plan": asdict(plan) | {"rounds": rounds, "request_timeout_s": REQUEST_TIMEOUT},
+                "plan": asdict(plan)
+                | {"rounds": rounds, "request_timeout_s": REQUEST_TIMEOUT, "server": server},
                 "environment": env,
                 "rows": [
                     {"client": row.client, "backend": row.backend, "rounds": row_rounds}
