@@ -13,6 +13,7 @@ import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -65,17 +66,56 @@ def free_port(hosts: Sequence[str] = ("127.0.0.1",)) -> int:
     raise AssertionError("no free port")
 
 
+def _proc_hex(family: int, host: str) -> str:
+    """``host`` as /proc/net/udp* prints it: 32-bit words in host byte order, as hex."""
+    packed = socket.inet_pton(family, host)
+    words = struct.unpack(f"={len(packed) // 4}I", packed)
+    return "".join(f"{word:08X}" for word in words)
+
+
+def _udp_port_bound(host: str, port: int) -> bool | None:
+    """Whether a UDP socket is bound to ``host``:``port`` or its wildcard (from /proc).
+
+    None where /proc cannot say.
+    """
+    family = family_of(host)
+    table = "/proc/net/udp" if family == socket.AF_INET else "/proc/net/udp6"
+    wanted = {
+        _proc_hex(family, host),
+        _proc_hex(family, "0.0.0.0" if family == socket.AF_INET else "::"),
+    }
+    try:
+        with open(table) as lines:
+            next(lines, None)  # the header
+            for line in lines:
+                address, _, hex_port = line.split()[1].rpartition(":")
+                if int(hex_port, 16) == port and address in wanted:
+                    return True
+    except OSError:
+        return None
+    return False
+
+
 def wait_until_bound(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> None:
-    """Wait until something binds ``host``:``port`` (a bind of our own fails)."""
+    """Wait until something binds ``host``:``port``.
+
+    On Linux this reads /proc/net/udp*, which takes nothing from the server. Elsewhere it probes
+    with a bind of its own, which can, for a moment, take the port from a server binding at the
+    same instant.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with socket.socket(family_of(host), socket.SOCK_DGRAM) as probe:
-            try:
-                probe.bind((host, port))
-            except OSError as exc:
-                if exc.errno == errno.EADDRINUSE:
-                    return
-                raise
+        bound = _udp_port_bound(host, port)
+        if bound:
+            return
+        if bound is None:
+            with socket.socket(family_of(host), socket.SOCK_DGRAM) as probe:
+                try:
+                    probe.bind((host, port))
+                except OSError as exc:
+                    if exc.errno == errno.EADDRINUSE:
+                        return
+                    raise
         time.sleep(0.01)
     raise AssertionError(f"nothing bound {host}:{port} within {timeout} s")
 
