@@ -14,6 +14,7 @@ import os
 import socket
 import struct
 import sys
+from collections.abc import Awaitable, Callable
 from typing import Any, Final, overload
 
 import anyio
@@ -161,6 +162,46 @@ class SocketProxy:
         self._sock.setsockopt(level, option, value)
 
 
+class _FdWaiter:
+    """One direction's wait on a file descriptor, shared by every task that needs it.
+
+    anyio allows one waiter per direction per file descriptor: the first task to wait waits on
+    the descriptor, any other waits for that one's wake-up (rare: concurrent use).
+    """
+
+    __slots__ = ("_followers", "_waiting")
+
+    def __init__(self) -> None:
+        self._waiting = False
+        self._followers: anyio.Event | None = None
+
+    async def wait(self, io: SocketIO, wait_fd: Callable[[Any], Awaitable[None]]) -> None:
+        """Wait for ``wait_fd(io.sock)``, or for the task already waiting on it to wake.
+
+        Raises:
+            anyio.ClosedResourceError: ``io`` was closed, before or during the wait.
+        """
+        if self._waiting:
+            followers = self._followers
+            if followers is None:
+                followers = self._followers = anyio.Event()
+            await followers.wait()
+            io._check_open()
+            return
+        self._waiting = True
+        try:
+            await wait_fd(io.sock)
+        except anyio.ClosedResourceError:
+            raise anyio.ClosedResourceError from None
+        finally:
+            self._waiting = False
+            followers = self._followers
+            if followers is not None:
+                self._followers = None
+                followers.set()
+        io._check_open()
+
+
 class SocketIO:
     """Datagram I/O on one non-blocking socket, with the counters the statistics report.
 
@@ -183,10 +224,8 @@ class SocketIO:
         "_peer",
         "_primitives",
         "_ready_ops",
-        "_recv_followers",
-        "_recv_waiting",
-        "_send_followers",
-        "_send_waiting",
+        "_recv_waiter",
+        "_send_waiter",
         "_unlink_path",
         "bytes_received",
         "bytes_sent",
@@ -207,23 +246,39 @@ class SocketIO:
         unlink_path: str | None = None,
     ) -> None:
         sock.setblocking(False)
+        self._init_state(
+            sock,
+            family=sock.family,
+            connected=connected,
+            peer=normalize_address(sock.family, sock.getpeername()) if connected else None,
+            max_datagram_size=max_datagram_size,
+            unlink_path=unlink_path,
+        )
+
+    def _init_state(
+        self,
+        sock: socket.socket,
+        *,
+        family: int,
+        connected: bool,
+        peer: Any,
+        max_datagram_size: int,
+        unlink_path: str | None,
+    ) -> None:
+        """Set every field; a subclass with no real socket calls this instead of __init__."""
         self.sock = sock
-        self._family = sock.family
-        self._is_unix = sock.family == socket.AF_UNIX
+        self._family = family
+        self._is_unix = family == socket.AF_UNIX
         self._connected = connected
-        self._peer: Any = normalize_address(sock.family, sock.getpeername()) if connected else None
+        self._peer: Any = peer
         self._max_datagram_size = max_datagram_size
         self._bufsize = max_datagram_size + 1
         self._unlink_path = unlink_path
         self._closed = False
         self._ready_ops = 0
         self._primitives: Primitives | None = None
-        # anyio allows one waiter per direction per file descriptor: the first task to wait
-        # waits on the socket, any other waits for that one's wake-up (rare: concurrent use).
-        self._recv_waiting = False
-        self._recv_followers: anyio.Event | None = None
-        self._send_waiting = False
-        self._send_followers: anyio.Event | None = None
+        self._recv_waiter = _FdWaiter()
+        self._send_waiter = _FdWaiter()
         self.datagrams_received = 0
         self.bytes_received = 0
         self.datagrams_sent = 0
@@ -399,25 +454,7 @@ class SocketIO:
         self._check_open()
         if after_wakeup and not self._connected and not self._is_unix:
             self.drain_error_queue()
-        if self._recv_waiting:
-            followers = self._recv_followers
-            if followers is None:
-                followers = self._recv_followers = anyio.Event()
-            await followers.wait()
-            self._check_open()
-            return
-        self._recv_waiting = True
-        try:
-            await self.primitives.wait_readable(self.sock)
-        except anyio.ClosedResourceError:
-            raise anyio.ClosedResourceError from None
-        finally:
-            self._recv_waiting = False
-            followers = self._recv_followers
-            if followers is not None:
-                self._recv_followers = None
-                followers.set()
-        self._check_open()
+        await self._recv_waiter.wait(self, self.primitives.wait_readable)
 
     def _on_recv_error(self, exc: OSError) -> None:
         if self._closed or exc.errno == errno.EBADF:
@@ -544,25 +581,7 @@ class SocketIO:
         """
         self._ready_ops = 0
         self._check_open()
-        if self._send_waiting:
-            followers = self._send_followers
-            if followers is None:
-                followers = self._send_followers = anyio.Event()
-            await followers.wait()
-            self._check_open()
-            return
-        self._send_waiting = True
-        try:
-            await self.primitives.wait_writable(self.sock)
-        except anyio.ClosedResourceError:
-            raise anyio.ClosedResourceError from None
-        finally:
-            self._send_waiting = False
-            followers = self._send_followers
-            if followers is not None:
-                self._send_followers = None
-                followers.set()
-        self._check_open()
+        await self._send_waiter.wait(self, self.primitives.wait_writable)
 
     # -- closing -----------------------------------------------------------------------------
 

@@ -167,29 +167,15 @@ class _MemorySocketIO(SocketIO):
         max_datagram_size: int,
         queue_size: int,
     ) -> None:
-        # SocketIO.__init__ would touch a real socket: set its state here instead.
-        self.sock = cast("socket.socket", sock)
-        self._family = sock.family
-        self._is_unix = False
-        self._connected = sock.peer is not None
-        self._peer = sock.peer
-        self._max_datagram_size = max_datagram_size
-        self._bufsize = max_datagram_size + 1
-        self._unlink_path = None
-        self._closed = False
-        self._ready_ops = 0
-        self._primitives = None
-        self._recv_waiting = False
-        self._recv_followers = None
-        self._send_waiting = False
-        self._send_followers = None
-        self.datagrams_received = 0
-        self.bytes_received = 0
-        self.datagrams_sent = 0
-        self.bytes_sent = 0
-        self.oversize = 0
-        self.send_errors = 0
-        self.icmp_errors = 0
+        # SocketIO.__init__ would touch a real socket: set the same state without one.
+        self._init_state(
+            cast("socket.socket", sock),
+            family=sock.family,
+            connected=sock.peer is not None,
+            peer=sock.peer,
+            max_datagram_size=max_datagram_size,
+            unlink_path=None,
+        )
         self._network = network
         #: ``(delivery time or 0.0, datagram, sender, destination)`` items, oldest first.
         self._queue: deque[tuple[float, bytes, tuple[str, int], tuple[str, int]]] = deque()
