@@ -30,6 +30,7 @@ from anydgram import (
 from anydgram._logging import RateLimitedLog
 from anydgram._workers import resolve_backend
 from anydgram.serializers import BytesSerializer, JSONSerializer
+from anydgram.testing import MemoryNetwork
 from endpoint_harness import RawPeer, make_peer, wait_until
 
 BytesRequest = DatagramRequest[bytes, bytes]
@@ -527,8 +528,40 @@ async def test_shutdown_lets_handlers_finish_within_the_grace_period() -> None:
     assert cancelled == 25
     stats = server.statistics()
     assert (stats.handlers_active, stats.datagrams_sent) == (0, 25)
+    assert (stats.handlers_cancelled, stats.requests_abandoned) == (25, 0)
+    # The counters keep their values once the sockets are closed.
+    assert stats.recv_buffer_size > 0
+    assert stats.send_buffer_size > 0
     assert server.addresses == ()
     assert open_fds() == fds_before
+
+
+async def test_requests_no_handler_started_are_counted_as_abandoned() -> None:
+    # The memory network hands the reader all eight datagrams in one batch; the first
+    # handler then stops the server with no grace period, so the rest of the batch is
+    # cancelled before, or just after, its handlers start.
+    net = MemoryNetwork()
+    started = 0
+
+    async def handler(request: BytesRequest) -> None:
+        nonlocal started
+        started += 1
+        if request.packet == b"0":
+            await request.server.shutdown(grace_period=0)
+        await anyio.sleep_forever()
+
+    server = DatagramServer("127.0.0.1", 0, handler, network=net)
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            addresses = await tg.start(server.serve_forever)
+            async with await net.connect_udp(*addresses[0]) as client:
+                for i in range(8):
+                    await client.send_packet(b"%d" % i)
+    stats = server.statistics()
+    assert stats.datagrams_received == 8
+    assert stats.handlers_cancelled == started
+    assert stats.requests_abandoned == 8 - started
+    assert stats.requests_abandoned >= 1
 
 
 async def test_shutdown_returns_early_when_handlers_finish() -> None:

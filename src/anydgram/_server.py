@@ -384,6 +384,7 @@ class DatagramServer(Generic[SendT, RecvT]):
         self._deadline = math.inf
         self._grace_period = math.inf
         self._kernel_drops_at_close = 0
+        self._buffer_sizes_at_close = (0, 0)
 
         # Dispatch state, see the module docstring.
         self._pending: deque[DatagramRequest[SendT, Any]] = deque()
@@ -396,6 +397,8 @@ class DatagramServer(Generic[SendT, RecvT]):
         self._active = 0
         self._peak = 0
         self._handler_errors = 0
+        self._handlers_cancelled = 0
+        self._requests_abandoned = 0
         self._parse_errors = 0
         self._ready_sends = 0
         self._checkpoint: Callable[[], Awaitable[None]] = anyio.lowlevel.checkpoint
@@ -426,13 +429,16 @@ class DatagramServer(Generic[SendT, RecvT]):
     def statistics(self) -> ServerStatistics:
         """A snapshot of the counters, summed over the sockets; kernel counters are read now."""
         transports = self._transports
-        recv_buffer_size = send_buffer_size = 0
         kernel_drops = self._kernel_drops_at_close
-        for t in transports:
-            rcv, snd = t.buffer_sizes()
-            recv_buffer_size += rcv
-            send_buffer_size += snd
-            kernel_drops += t.kernel_drops()
+        if self._state == "closed":
+            recv_buffer_size, send_buffer_size = self._buffer_sizes_at_close
+        else:
+            recv_buffer_size = send_buffer_size = 0
+            for t in transports:
+                rcv, snd = t.buffer_sizes()
+                recv_buffer_size += rcv
+                send_buffer_size += snd
+                kernel_drops += t.kernel_drops()
         return ServerStatistics(
             datagrams_received=sum(t.datagrams_received for t in transports),
             datagrams_sent=sum(t.datagrams_sent for t in transports),
@@ -447,6 +453,8 @@ class DatagramServer(Generic[SendT, RecvT]):
             recv_buffer_size=recv_buffer_size,
             send_buffer_size=send_buffer_size,
             handler_errors=self._handler_errors,
+            handlers_cancelled=self._handlers_cancelled,
+            requests_abandoned=self._requests_abandoned,
             handlers_active=self._active,
             handlers_peak=self._peak,
             rate_limited=0 if self._rate_limiter is None else self._rate_limiter.limited,
@@ -542,10 +550,20 @@ class DatagramServer(Generic[SendT, RecvT]):
                     workers.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
+                recv_buffer_size = send_buffer_size = 0
                 for transport in transports:
                     self._kernel_drops_at_close += transport.kernel_drops()
+                    rcv, snd = transport.buffer_sizes()
+                    recv_buffer_size += rcv
+                    send_buffer_size += snd
                     await transport.aclose()
+                self._buffer_sizes_at_close = (recv_buffer_size, send_buffer_size)
             self._state = "closed"
+            # Read, but no handler started before the grace period ended. Undecodable ones
+            # waiting for the parse_error_handler are in parse_errors already.
+            self._requests_abandoned += sum(
+                1 for request in self._pending if request.__class__ is not _ParseErrorRequest
+            )
             self._pending.clear()
             self._idle.clear()
             self._worker_tg = None
@@ -711,6 +729,7 @@ class DatagramServer(Generic[SendT, RecvT]):
         idle = self._idle
         handler = self._handler
         hook = self._parse_error_handler
+        cancelled_class = anyio.get_cancelled_exc_class()
         while True:
             while pending:
                 request = pending.popleft()
@@ -724,6 +743,10 @@ class DatagramServer(Generic[SendT, RecvT]):
                         await handler(request)
                 except Exception as exc:
                     self._handler_failed(exc, request)
+                except cancelled_class:
+                    # Only the server cancels workers: it is stopping (see _serve).
+                    self._handlers_cancelled += 1
+                    raise
                 finally:
                     self._active -= 1
                     waiter = self._finish_waiter

@@ -54,8 +54,9 @@ class ServerStatistics:
     The socket counters are summed over the server's sockets. Every datagram the server took
     from the kernel is in exactly one of ``datagrams_received`` and ``oversize``; of the
     received ones, those no handler saw are in exactly one of ``parse_errors`` (unless a
-    ``parse_error_handler`` took them), ``rate_limited`` and ``amplification_dropped``.
-    Datagrams the kernel dropped before the server read them are in ``kernel_drops``.
+    ``parse_error_handler`` took them), ``rate_limited`` (unless in log-only mode) and
+    ``requests_abandoned``. Datagrams the kernel dropped before the server read them are in
+    ``kernel_drops``. After the server stops, the counters keep their last values.
 
     Attributes:
         datagrams_received: Datagrams taken from the kernel, ``oversize`` ones excluded.
@@ -74,12 +75,18 @@ class ServerStatistics:
         recv_buffer_size: The receive buffer sizes the kernel granted, summed, in bytes.
         send_buffer_size: The send buffer sizes the kernel granted, summed, in bytes.
         handler_errors: Handler calls (and ``parse_error_handler`` calls) that raised.
+        handlers_cancelled: Handler calls (and ``parse_error_handler`` calls) cancelled because
+            the server stopped before they finished (the grace period of
+            :meth:`~anydgram.DatagramServer.shutdown` ended, or
+            :meth:`~anydgram.DatagramServer.aclose` was called).
+        requests_abandoned: Datagrams received and parsed, whose handler never started because
+            the server stopped first.
         handlers_active: Handlers running when ``statistics()`` was called.
         handlers_peak: The most handlers that ever ran at the same time.
         rate_limited: Datagrams dropped (or, in log-only mode, that would have been dropped)
             by the per-source rate limit.
         amplification_dropped: Replies not sent because they would have exceeded the
-            anti-amplification limit.
+            anti-amplification limit (replies, so not among the received datagrams above).
     """
 
     datagrams_received: int
@@ -95,6 +102,8 @@ class ServerStatistics:
     recv_buffer_size: int
     send_buffer_size: int
     handler_errors: int
+    handlers_cancelled: int
+    requests_abandoned: int
     handlers_active: int
     handlers_peak: int
     rate_limited: int
