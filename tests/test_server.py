@@ -243,6 +243,83 @@ async def test_burst_of_fast_requests_is_answered() -> None:
     assert server.statistics().handlers_peak <= 4
 
 
+async def test_a_blocked_handler_holds_up_neither_its_batch_nor_reading() -> None:
+    # The memory network hands the reader all eight datagrams in one batch. The reading task
+    # runs quick handlers itself; when the first one blocks, another task must take over the
+    # rest of the batch, and the reading.
+    net = MemoryNetwork()
+    release = anyio.Event()
+
+    async def handler(request: BytesRequest) -> None:
+        if request.packet == b"block":
+            await release.wait()
+        await request.respond(request.packet)
+
+    server = DatagramServer("127.0.0.1", 0, handler, network=net)
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            addresses = await tg.start(server.serve_forever)
+            async with await net.connect_udp(*addresses[0]) as client:
+                await client.send_packet(b"block")
+                for i in range(7):
+                    await client.send_packet(b"%d" % i)
+                assert {await client.recv_packet() for _ in range(7)} == {
+                    b"%d" % i for i in range(7)
+                }
+                await client.send_packet(b"later")
+                assert await client.recv_packet() == b"later"
+                assert server.statistics().handlers_active == 1
+                release.set()
+                assert await client.recv_packet() == b"block"
+            await server.aclose()
+    stats = server.statistics()
+    # The quick handlers ran one after another: only the blocked one ran beside them.
+    assert (stats.handlers_peak, stats.datagrams_sent, stats.handlers_cancelled) == (2, 9, 0)
+
+
+async def test_a_handler_sending_many_replies_leaves_room_for_the_others() -> None:
+    # One handler replies 300 times without waiting for anything: respond() passes a full
+    # checkpoint every so often, and the requests read with it are answered all the same.
+    net = MemoryNetwork(queue_size=1024)
+
+    async def handler(request: BytesRequest) -> None:
+        for _ in range(300 if request.packet == b"many" else 1):
+            await request.respond(request.packet)
+
+    server = DatagramServer("127.0.0.1", 0, handler, network=net)
+    replies: list[bytes] = []
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            addresses = await tg.start(server.serve_forever)
+            async with await net.connect_udp(*addresses[0]) as client:
+                for packet in (b"many", b"a", b"b", b"c"):
+                    await client.send_packet(packet)
+                replies += [await client.recv_packet() for _ in range(303)]
+            await server.aclose()
+    assert sorted(set(replies)) == [b"a", b"b", b"c", b"many"]
+    assert replies.count(b"many") == 300
+    assert server.statistics().datagrams_sent == 303
+
+
+async def test_a_handler_that_stops_the_server_keeps_its_grace_period() -> None:
+    # The first datagram's handler runs in the task that reads: stopping the server from it
+    # stops the reading, and must not cancel the handler.
+    async def handler(request: BytesRequest) -> None:
+        await request.server.shutdown(grace_period=5)
+        await anyio.sleep(0.05)
+        await request.respond(b"bye")
+
+    server = DatagramServer("127.0.0.1", 0, handler)
+    async with anyio.create_task_group() as tg, peers() as (peer,):
+        addresses = await tg.start(server.serve_forever)
+        with anyio.fail_after(5):
+            await peer.send(b"stop", addresses[0])
+            assert (await peer.recv())[0] == b"bye"
+            await server.shutdown()
+    stats = server.statistics()
+    assert (stats.datagrams_received, stats.datagrams_sent, stats.handlers_cancelled) == (1, 1, 0)
+
+
 # -- robustness ------------------------------------------------------------------------------
 
 

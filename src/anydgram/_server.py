@@ -1,17 +1,25 @@
-"""The datagram server: a handler call per datagram, concurrently, on a pool of worker tasks.
+"""The datagram server: a handler call per datagram, concurrently, on a pool of reused tasks.
 
-Dispatch, following one datagram: a *reader* task per socket takes a batch from the kernel
-(never more than the concurrency bound leaves room for), parses it, and appends a
-:class:`DatagramRequest` per datagram to a queue. *Worker* tasks, spawned lazily in the server's
-task group and reused, pop requests and await the handler back to back while the queue holds
-any; an idle worker parks on an event of its own. A fresh task per datagram would cost two to
-three times the throughput. After queueing a batch, the reader wakes one worker and yields; if
-requests are still queued when it resumes (a handler blocked), it wakes another, and so on: a
-handler that blocks never holds up the others, and quick handlers cost one wake-up per batch.
+Dispatch, following one datagram: the task *holding* a socket's slot takes a batch from the
+kernel (never more than the concurrency bound leaves room for), parses it into a queue of
+:class:`DatagramRequest`, and runs the handlers itself, back to back, before it reads again.
+Quick handlers thus cost no hand-off between tasks; a fresh task per datagram would cost two
+to three times the throughput, a hand-off to a worker per batch about a tenth.
 
-When running plus queued handlers reach ``max_concurrent_handlers`` the readers stop reading
+A handler that blocks must hold up neither the rest of its batch nor the reading. So before
+running handlers the holder wakes a *standby*: a parked task, or a new one. The standby runs at
+the holder's next yield; if the holder is then inside a handler, the standby takes the slot
+over (runs the rest of the queue and reads on, arming a standby of its own), and the former
+holder, once its handler returns, carries on as a plain worker and parks. If the holder yielded
+while reading, the standby parks again. Tasks are bounded by ``max_concurrent_handlers`` plus
+one per socket.
+
+When running plus queued handlers reach ``max_concurrent_handlers`` the holders stop reading
 until a handler finishes: excess datagrams wait in the kernel buffer, which counts what it drops.
-Nothing on this path takes a lock, creates a cancel scope or logs.
+:meth:`DatagramServer.shutdown` cancels a holder only while it reads (a cancellation there
+loses nothing); one running a handler stops before its next read, so handlers are never cut
+short before the grace period ends. Nothing on the per-datagram path takes a lock, creates a
+cancel scope or logs.
 """
 
 from __future__ import annotations
@@ -171,6 +179,22 @@ Handler: TypeAlias = Callable[[DatagramRequest[SendT, RecvT]], Awaitable[None]]
 ParseErrorHandler: TypeAlias = Callable[
     [DatagramRequest[SendT, DatagramProtocolParseError]], Awaitable[None]
 ]
+
+
+class _ReaderSlot:
+    """A socket's reading role, held by one task at a time (see :meth:`DatagramServer._read`)."""
+
+    __slots__ = ("holder", "icmp_seen", "name", "reading", "transport")
+
+    def __init__(self, transport: ServerTransport) -> None:
+        self.transport = transport
+        self.name = _format_address(transport.local_address)
+        #: The cancel scope of the holding task's turn; ``None`` before and after reading.
+        self.holder: anyio.CancelScope | None = None
+        #: The holder is receiving or waiting for room, not running a handler.
+        self.reading = True
+        #: ICMP errors already logged.
+        self.icmp_seen = transport.icmp_errors
 
 
 def _format_address(address: object) -> str:
@@ -379,7 +403,7 @@ class DatagramServer(Generic[SendT, RecvT]):
         self._addresses: tuple[Any, ...] = ()
         self._stop_requested = False
         self._stopped: anyio.Event | None = None
-        self._readers_scope: anyio.CancelScope | None = None
+        self._stop_wakeup: anyio.Event | None = None
         self._grace_scope: anyio.CancelScope | None = None
         self._deadline = math.inf
         self._grace_period = math.inf
@@ -389,8 +413,12 @@ class DatagramServer(Generic[SendT, RecvT]):
         # Dispatch state, see the module docstring.
         self._pending: deque[DatagramRequest[SendT, Any]] = deque()
         self._idle: list[anyio.Event] = []
+        self._slots: list[_ReaderSlot] = []
+        self._readers_left = 0
+        self._standby = False
         self._waking = 0
         self._workers = 0
+        self._task_limit = 0
         self._worker_tg: TaskGroup | None = None
         self._worker_task_ids: set[int] = set()
         self._finish_waiter: anyio.Event | None = None
@@ -497,6 +525,7 @@ class DatagramServer(Generic[SendT, RecvT]):
             raise RuntimeError("the server is already serving")
         self._state = "starting"
         self._stopped = anyio.Event()
+        self._stop_wakeup = anyio.Event()
         self._checkpoint = current_primitives().checkpoint
         try:
             if self._network is not None:
@@ -527,27 +556,31 @@ class DatagramServer(Generic[SendT, RecvT]):
     ) -> None:
         """Serve on the sockets :meth:`_open` bound until stopped, then close them."""
         assert self._stopped is not None
+        assert self._stop_wakeup is not None
         transports = self._transports
         logger = self._log.logger
         try:
             logger.info("serving on %s", _format_addresses(self._addresses))
-            async with anyio.create_task_group() as workers:
-                self._worker_tg = workers
+            async with anyio.create_task_group() as tasks:
+                self._worker_tg = tasks
                 try:
-                    async with anyio.create_task_group() as readers:
-                        self._readers_scope = readers.cancel_scope
-                        if self._stop_requested:
-                            readers.cancel_scope.cancel()
-                        else:
-                            self._state = "serving"
-                            for transport in transports:
-                                readers.start_soon(self._read_loop, transport)
-                        task_status.started(self._addresses)
-                    # The readers stopped: shutdown() was called. Let handlers finish.
+                    if not self._stop_requested:
+                        self._state = "serving"
+                        self._slots = [_ReaderSlot(transport) for transport in transports]
+                        self._readers_left = self._workers = len(self._slots)
+                        # Room for every handler to block, each in its own task, plus a
+                        # task per socket that goes on reading.
+                        self._task_limit = self._max_concurrent + len(self._slots)
+                        for slot in self._slots:
+                            tasks.start_soon(
+                                self._task, slot, name=f"anydgram server reader {slot.name}"
+                            )
+                    task_status.started(self._addresses)
+                    await self._stop_wakeup.wait()
                     self._state = "stopping"
                     await self._wait_for_handlers()
                 finally:
-                    workers.cancel_scope.cancel()
+                    tasks.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
                 recv_buffer_size = send_buffer_size = 0
@@ -566,6 +599,7 @@ class DatagramServer(Generic[SendT, RecvT]):
             )
             self._pending.clear()
             self._idle.clear()
+            self._slots = []
             self._worker_tg = None
             self._log.flush()
             logger.info("stopped serving on %s", _format_addresses(self._addresses))
@@ -575,15 +609,12 @@ class DatagramServer(Generic[SendT, RecvT]):
     async def _wait_for_handlers(self) -> None:
         with anyio.CancelScope(deadline=self._deadline) as grace:
             self._grace_scope = grace
-            while self._active or self._pending:
-                # The readers are gone: requests they queued still need workers.
+            while self._readers_left or self._active or self._pending:
+                # Requests queued by a reader that has stopped still need tasks to run them.
                 await self._dispatch_pending()
-                if not self._active:
+                if not (self._readers_left or self._active):
                     break
-                waiter = self._finish_waiter
-                if waiter is None:
-                    waiter = self._finish_waiter = anyio.Event()
-                await waiter.wait()
+                await self._wait_for_finish()
         self._grace_scope = None
         if grace.cancelled_caught and (self._active or self._pending):
             # Expected after aclose(); worth a warning when a grace period was not enough.
@@ -594,70 +625,142 @@ class DatagramServer(Generic[SendT, RecvT]):
                 self._grace_period,
             )
 
-    async def _read_loop(self, transport: ServerTransport) -> None:
+    async def _task(self, slot: _ReaderSlot | None) -> None:
+        """The body of every task of the server: read (holding ``slot``), run handlers, park.
+
+        A task started for a socket holds its slot first. Any task with nothing queued to run
+        takes over a slot whose holder is blocked in a handler, or parks until woken.
+        """
+        self._worker_task_ids.add(anyio.get_current_task().id)
+        idle = self._idle
+        if slot is None:  # started by _wake_one
+            self._waking -= 1
+            self._standby = False
+            slot = self._stuck_slot()
+        while True:
+            if slot is not None:
+                await self._read(slot)
+            await self._run_handlers(None, None)
+            slot = self._stuck_slot()
+            if slot is not None:
+                continue
+            # Parking lets every other task run: the fairness count of respond() starts over.
+            self._ready_sends = 0
+            event = anyio.Event()
+            idle.append(event)
+            await event.wait()
+            self._waking -= 1
+            self._standby = False
+            slot = self._stuck_slot()
+
+    def _stuck_slot(self) -> _ReaderSlot | None:
+        """A socket whose holder is blocked in a handler (the caller runs, so it is suspended)."""
+        if self._stop_requested:
+            return None
+        for slot in self._slots:
+            if slot.holder is not None and not slot.reading:
+                return slot
+        return None
+
+    async def _read(self, slot: _ReaderSlot) -> None:
+        """Hold ``slot``: run what is queued, read a batch, repeat; until stopped or relieved.
+
+        Handlers run here, in the reading task, with a standby task woken first: if a handler
+        blocks, the standby runs, finds this slot's holder in a handler and takes the slot
+        over (it runs the rest of the queue and reads on), and this task, once its handler
+        returns, carries on as a plain worker. Quick handlers thus cost no hand-off at all.
+
+        :meth:`shutdown` cancels the holder's scope only while it is reading (a cancellation
+        there loses nothing); a holder running handlers stops before its next read.
+        """
         pending = self._pending
+        transport = slot.transport
+        bound = self._max_concurrent
+        log = self._log
+        with anyio.CancelScope() as scope:
+            relief = slot.holder is not None
+            slot.holder = scope
+            slot.reading = True
+            if relief and len(self._slots) > 1:
+                self._wake_standby()  # another socket's holder may be blocked as well
+            try:
+                # After a batch comes in, this checks for a shutdown first: shutdown() may
+                # have cancelled this scope meanwhile, so the batch must run outside it.
+                while not self._stop_requested:
+                    if pending:
+                        slot.reading = False
+                        # The read loop passes a full checkpoint every few reads; count the
+                        # replies of one batch's handlers towards respond()'s fairness only.
+                        self._ready_sends = 0
+                        if not self._standby:
+                            self._wake_standby()
+                        await self._run_handlers(slot, scope)
+                        if slot.holder is not scope:
+                            return  # relieved while a handler here was blocked
+                        slot.reading = True
+                        continue
+                    room = bound - self._active - len(pending)
+                    if room <= 0:
+                        # Every handler slot is taken: leave the rest in the kernel buffer.
+                        await self._wait_for_finish()
+                        continue
+                    try:
+                        batch = await transport.recv_datagrams(
+                            room if room < _READ_BATCH else _READ_BATCH
+                        )
+                    except anyio.ClosedResourceError:
+                        break
+                    except OSError as exc:
+                        log.log("recv", logging.ERROR, "receive failed: %s", exc)
+                        await anyio.sleep(_RECV_ERROR_BACKOFF)
+                        continue
+                    self._queue_batch(transport, batch)
+                    if transport.icmp_errors != slot.icmp_seen:
+                        log.log(
+                            "icmp",
+                            logging.INFO,
+                            "%d ICMP errors (peers unreachable) reported for earlier replies",
+                            transport.icmp_errors - slot.icmp_seen,
+                        )
+                        slot.icmp_seen = transport.icmp_errors
+            finally:
+                if slot.holder is scope:
+                    slot.holder = None
+                    self._readers_left -= 1
+                    self._notify_finish()
+
+    def _queue_batch(self, transport: ServerTransport, batch: list[Received]) -> None:
+        """Screen and parse a batch; queue a request per datagram a handler should see."""
+        pending = self._pending
+        if self._rate_limiter is not None or self._amplification is not None:
+            batch = self._screen(batch)
+        request_class = DatagramRequest
+        if self._raw_limit >= 0:
+            # The raw-bytes protocol's parse is the identity (the transport has already set
+            # oversize datagrams aside): skip two calls per datagram.
+            for data, address, local in batch:
+                pending.append(request_class(data, address, self, transport, local))
+            return
         parse = self._protocol.build_packet_from_datagram
         hook = self._parse_error_handler
-        log = self._log
-        bound = self._max_concurrent
-        request_class = DatagramRequest
-        raw_bytes = self._raw_limit >= 0
-        icmp_seen = transport.icmp_errors
-        # Per-source limits: one test per batch, nothing per datagram when there are none.
-        screened = self._rate_limiter is not None or self._amplification is not None
-        while True:
-            room = bound - self._active - len(pending)
-            if room <= 0:
-                # Every handler slot is taken: leave the rest in the kernel buffer.
-                waiter = self._finish_waiter
-                if waiter is None:
-                    waiter = self._finish_waiter = anyio.Event()
-                await waiter.wait()
-                continue
-            batch: list[Received]
+        for data, address, local in batch:
             try:
-                batch = await transport.recv_datagrams(room if room < _READ_BATCH else _READ_BATCH)
-            except anyio.ClosedResourceError:
-                return
-            except OSError as exc:
-                log.log("recv", logging.ERROR, "receive failed: %s", exc)
-                await anyio.sleep(_RECV_ERROR_BACKOFF)
-                continue
-            if screened:
-                batch = self._screen(batch)
-            if raw_bytes:
-                # The raw-bytes protocol's parse is the identity (the transport has already
-                # set oversize datagrams aside): skip two calls per datagram.
-                for data, address, local in batch:
-                    pending.append(request_class(data, address, self, transport, local))
-                batch = []
-            for data, address, local in batch:
-                try:
-                    packet = parse(data)
-                except DatagramProtocolParseError as exc:
-                    self._parse_errors += 1
-                    exc.address = address
-                    log.log(
-                        "parse",
-                        logging.WARNING,
-                        "undecodable datagram of %d bytes from %s: %s",
-                        len(data),
-                        _format_address(address),
-                        exc,
-                    )
-                    if hook is not None:
-                        pending.append(_ParseErrorRequest(exc, address, self, transport, local))
-                    continue
-                pending.append(request_class(packet, address, self, transport, local))
-            await self._dispatch_pending()
-            if transport.icmp_errors != icmp_seen:
-                log.log(
-                    "icmp",
-                    logging.INFO,
-                    "%d ICMP errors (peers unreachable) reported for earlier replies",
-                    transport.icmp_errors - icmp_seen,
+                packet = parse(data)
+            except DatagramProtocolParseError as exc:
+                self._parse_errors += 1
+                exc.address = address
+                self._log.log(
+                    "parse",
+                    logging.WARNING,
+                    "undecodable datagram of %d bytes from %s: %s",
+                    len(data),
+                    _format_address(address),
+                    exc,
                 )
-                icmp_seen = transport.icmp_errors
+                if hook is not None:
+                    pending.append(_ParseErrorRequest(exc, address, self, transport, local))
+                continue
+            pending.append(request_class(packet, address, self, transport, local))
 
     def _screen(self, batch: list[Received]) -> list[Received]:
         """Apply the per-source limits to a batch; return the datagrams left to handle.
@@ -698,13 +801,11 @@ class DatagramServer(Generic[SendT, RecvT]):
         return kept
 
     async def _dispatch_pending(self) -> None:
-        """Make sure every queued request is taken by a worker; return when none is queued.
+        """Wake tasks until every queued request is taken (used once the readers stopped).
 
-        One worker is woken, then this yields: that worker runs handlers back to back until
-        the queue is empty, unless a handler blocks; then the next round wakes another. Each
-        round a woken worker takes at least one request, so this ends. Waking a spare worker
-        from here, rather than from a worker before each handler, spares the common case of
-        quick handlers a worker that wakes up only to find nothing to do.
+        One task is woken, then this yields: that task runs handlers back to back until the
+        queue is empty, unless a handler blocks; then the next round wakes another. Each round
+        a woken task takes at least one request, so this ends.
         """
         pending = self._pending
         checkpoint = self._checkpoint
@@ -713,54 +814,72 @@ class DatagramServer(Generic[SendT, RecvT]):
                 self._wake_one()
             await checkpoint()
 
-    def _wake_one(self) -> None:
+    def _wake_standby(self) -> None:
+        """Make sure a task will run at the next yield, to relieve a holder blocked in a handler."""
+        if self._wake_one():
+            self._standby = True
+
+    def _wake_one(self) -> bool:
+        """Wake a parked task, or start one if the limit allows; ``False`` if neither."""
         if self._idle:
             self._waking += 1
             self._idle.pop().set()
-        elif self._workers < self._max_concurrent and self._worker_tg is not None:
+            return True
+        if self._workers < self._task_limit and self._worker_tg is not None:
             self._workers += 1
             self._waking += 1
-            self._worker_tg.start_soon(self._worker, name=f"anydgram server worker {self._workers}")
+            self._worker_tg.start_soon(
+                self._task, None, name=f"anydgram server task {self._workers}"
+            )
+            return True
+        return False
 
-    async def _worker(self) -> None:
-        self._worker_task_ids.add(anyio.get_current_task().id)
-        self._waking -= 1
+    async def _wait_for_finish(self) -> None:
+        """Wait until a handler finishes or a reader stops."""
+        waiter = self._finish_waiter
+        if waiter is None:
+            waiter = self._finish_waiter = anyio.Event()
+        await waiter.wait()
+
+    def _notify_finish(self) -> None:
+        waiter = self._finish_waiter
+        if waiter is not None:
+            self._finish_waiter = None
+            waiter.set()
+
+    async def _run_handlers(self, slot: _ReaderSlot | None, scope: object) -> None:
+        """Run handlers for queued requests back to back, until the queue is empty.
+
+        A holder (``slot`` given, ``scope`` its turn) stops as well when relieved of the slot.
+        """
         pending = self._pending
-        idle = self._idle
         handler = self._handler
         hook = self._parse_error_handler
         cancelled_class = anyio.get_cancelled_exc_class()
-        while True:
-            while pending:
-                request = pending.popleft()
-                active = self._active = self._active + 1
-                if active > self._peak:
-                    self._peak = active
-                try:
-                    if hook is not None and request.__class__ is _ParseErrorRequest:
-                        await hook(request)
-                    else:
-                        await handler(request)
-                except Exception as exc:
-                    self._handler_failed(exc, request)
-                except cancelled_class:
-                    # Only the server cancels workers: it is stopping (see _serve).
-                    self._handlers_cancelled += 1
-                    raise
-                finally:
-                    self._active -= 1
-                    waiter = self._finish_waiter
-                    if waiter is not None:
-                        self._finish_waiter = None
-                        waiter.set()
-            # Parking lets every other task run, so the fairness count of respond() starts
-            # over: a worker that drains one read batch (at most 64 requests) never also
-            # stops halfway for a checkpoint, which would make a spare worker take over.
-            self._ready_sends = 0
-            event = anyio.Event()
-            idle.append(event)
-            await event.wait()
-            self._waking -= 1
+        while pending:
+            if slot is not None and slot.holder is not scope:
+                return
+            request = pending.popleft()
+            active = self._active = self._active + 1
+            if active > self._peak:
+                self._peak = active
+            try:
+                if hook is not None and request.__class__ is _ParseErrorRequest:
+                    await hook(request)
+                else:
+                    await handler(request)
+            except Exception as exc:
+                self._handler_failed(exc, request)
+            except cancelled_class:
+                # Only the server cancels a running handler: it is stopping (see _serve).
+                self._handlers_cancelled += 1
+                raise
+            finally:
+                self._active -= 1
+                waiter = self._finish_waiter
+                if waiter is not None:
+                    self._finish_waiter = None
+                    waiter.set()
 
     def _handler_failed(self, exc: Exception, request: DatagramRequest[Any, Any]) -> None:
         self._handler_errors += 1
@@ -867,8 +986,13 @@ class DatagramServer(Generic[SendT, RecvT]):
                     grace_period,
                     _format_addresses(self._addresses),
                 )
-            if self._readers_scope is not None:
-                self._readers_scope.cancel()
+            for slot in self._slots:
+                # A holder that is reading loses nothing to a cancellation; one running a
+                # handler sees _stop_requested before its next read.
+                if slot.holder is not None and slot.reading:
+                    slot.holder.cancel()
+            if self._stop_wakeup is not None:
+                self._stop_wakeup.set()
         stopped = self._stopped
         if stopped is None or anyio.get_current_task().id in self._worker_task_ids:
             await anyio.lowlevel.checkpoint()

@@ -6,15 +6,14 @@ What it covers, per input (a list of datagrams, a protocol and a mode):
    boundaries; no network is involved) and taken with the non-waiting half of the shared
    receive code, :class:`anydgram._socket_io.SocketIO` (``recv_batch_nowait``,
    ``recv_nowait`` and the skipping of datagrams over ``max_datagram_size``).
-2. Server modes: the server's real reader loop, ``DatagramServer._read_loop``, reads them
-   through a :class:`~anydgram._server_io.ServerSocketIO` whose ``recv_datagrams`` does not
-   wait: it returns what the socket holds and raises :exc:`anyio.ClosedResourceError` when
-   it holds nothing, which ends the loop. The coroutine is stepped by hand, with no event
-   loop, and must finish without suspending. That runs, per datagram, the parse, the
-   ``parse_errors`` count, the sender filled into the error, the rate-limited log record
-   (formatted by a handler that raises on failure) and the queued
-   :class:`~anydgram.DatagramRequest` (or the request for ``parse_error_handler``), and,
-   per batch, the bound on how many datagrams are read while requests wait.
+2. Server modes: batches are read through a :class:`~anydgram._server_io.ServerSocketIO`
+   whose ``recv_datagrams`` does not wait (it returns what the socket holds and raises
+   :exc:`anyio.ClosedResourceError` when it holds nothing; the coroutine is stepped by hand,
+   with no event loop), as many at a time as the server's reader would take, and each batch
+   goes through the server's own ``DatagramServer._queue_batch``. That runs, per datagram,
+   the parse, the ``parse_errors`` count, the sender filled into the error, the rate-limited
+   log record (formatted by a handler that raises on failure) and the queued
+   :class:`~anydgram.DatagramRequest` (or the request for ``parse_error_handler``).
 3. Endpoint modes: an unconnected :class:`~anydgram.DatagramEndpoint` or a connected
    :class:`~anydgram.DatagramClient` parses each datagram with its ``_parse`` step, the one
    ``recv_packet`` and ``iter_received_packets`` use.
@@ -61,6 +60,7 @@ from anydgram import (
     DatagramRequest,
     DatagramServer,
 )
+from anydgram._server import _READ_BATCH
 from anydgram._server_io import Received, ServerSocketIO
 from anydgram._socket_io import SocketIO, normalize_address
 from anydgram.serializers import (
@@ -185,14 +185,14 @@ def _open_pair(connected: bool) -> tuple[socket.socket, socket.socket]:
     return receiver, sender
 
 
-def _step_without_loop(coroutine: Any) -> None:
-    """Run a coroutine that must complete without ever suspending."""
+def _step_without_loop(coroutine: Any) -> Any:
+    """Run a coroutine that must complete without ever suspending; return its result."""
     try:
         coroutine.send(None)
-    except StopIteration:
-        return
+    except StopIteration as done:
+        return done.value
     coroutine.close()
-    raise AssertionError("the server's reader suspended: this harness needs updating")
+    raise AssertionError("the receive suspended: this harness needs updating")
 
 
 def _check_counters(
@@ -245,7 +245,13 @@ def _run_server(
         for start in range(0, len(datagrams), SEND_CHUNK):
             for datagram in datagrams[start : start + SEND_CHUNK]:
                 sender.send(datagram)
-            _step_without_loop(server._read_loop(io))
+            while True:
+                room = min(bound - len(server._pending), _READ_BATCH)
+                try:
+                    batch = _step_without_loop(io.recv_datagrams(room))
+                except anyio.ClosedResourceError:
+                    break
+                server._queue_batch(io, batch)
         server._log.flush()
         received = _check_counters(io, protocol, datagrams)
         outcomes = [_expected_outcome(protocol, d) for d in received]
