@@ -632,14 +632,29 @@ class DatagramServer(Generic[SendT, RecvT]):
         takes over a slot whose holder is blocked in a handler, or parks until woken.
         """
         self._worker_task_ids.add(anyio.get_current_task().id)
-        idle = self._idle
         if slot is None:  # started by _wake_one
             self._waking -= 1
             self._standby = False
             slot = self._stuck_slot()
+        # One scope for the task's life, not one per turn at a slot: a turn begins whenever a
+        # handler blocks, and a scope costs microseconds. shutdown() cancels it only while
+        # this task reads; the task then goes on outside it, as a plain worker.
+        with anyio.CancelScope() as scope:
+            await self._work(slot, scope)
+        await self._work(None, None)
+
+    async def _work(self, slot: _ReaderSlot | None, scope: anyio.CancelScope | None) -> None:
+        """Read (holding ``slot``), run handlers, take over a stuck slot, park; repeat.
+
+        Returns when ``scope`` was cancelled: what runs next must run outside it. Without a
+        ``scope`` (after that) this only runs handlers: the server is stopping.
+        """
+        idle = self._idle
         while True:
-            if slot is not None:
-                await self._read(slot)
+            if slot is not None and scope is not None:
+                await self._read(slot, scope)
+                if scope.cancel_called:
+                    return
             await self._run_handlers(None, None)
             slot = self._stuck_slot()
             if slot is not None:
@@ -662,7 +677,7 @@ class DatagramServer(Generic[SendT, RecvT]):
                 return slot
         return None
 
-    async def _read(self, slot: _ReaderSlot) -> None:
+    async def _read(self, slot: _ReaderSlot, scope: anyio.CancelScope) -> None:
         """Hold ``slot``: run what is queued, read a batch, repeat; until stopped or relieved.
 
         Handlers run here, in the reading task, with a standby task woken first: if a handler
@@ -670,64 +685,65 @@ class DatagramServer(Generic[SendT, RecvT]):
         over (it runs the rest of the queue and reads on), and this task, once its handler
         returns, carries on as a plain worker. Quick handlers thus cost no hand-off at all.
 
-        :meth:`shutdown` cancels the holder's scope only while it is reading (a cancellation
-        there loses nothing); a holder running handlers stops before its next read.
+        The holder is known by ``scope``, its task's. :meth:`shutdown` cancels it only while
+        the holder reads (a cancellation there loses nothing); a holder running handlers stops
+        before its next read. Returns when relieved, when the server stops, or when ``scope``
+        was cancelled.
         """
         pending = self._pending
         transport = slot.transport
         bound = self._max_concurrent
         log = self._log
-        with anyio.CancelScope() as scope:
-            relief = slot.holder is not None
-            slot.holder = scope
-            slot.reading = True
-            if relief and len(self._slots) > 1:
-                self._wake_standby()  # another socket's holder may be blocked as well
-            try:
-                # After a batch comes in, this checks for a shutdown first: shutdown() may
-                # have cancelled this scope meanwhile, so the batch must run outside it.
-                while not self._stop_requested:
-                    if pending:
-                        slot.reading = False
-                        # The read loop passes a full checkpoint every few reads; count the
-                        # replies of one batch's handlers towards respond()'s fairness only.
-                        self._ready_sends = 0
-                        if not self._standby:
-                            self._wake_standby()
-                        await self._run_handlers(slot, scope)
-                        if slot.holder is not scope:
-                            return  # relieved while a handler here was blocked
-                        slot.reading = True
-                        continue
-                    room = bound - self._active - len(pending)
-                    if room <= 0:
-                        # Every handler slot is taken: leave the rest in the kernel buffer.
-                        await self._wait_for_finish()
-                        continue
-                    try:
-                        batch = await transport.recv_datagrams(
-                            room if room < _READ_BATCH else _READ_BATCH
-                        )
-                    except anyio.ClosedResourceError:
-                        break
-                    except OSError as exc:
-                        log.log("recv", logging.ERROR, "receive failed: %s", exc)
-                        await anyio.sleep(_RECV_ERROR_BACKOFF)
-                        continue
-                    self._queue_batch(transport, batch)
-                    if transport.icmp_errors != slot.icmp_seen:
-                        log.log(
-                            "icmp",
-                            logging.INFO,
-                            "%d ICMP errors (peers unreachable) reported for earlier replies",
-                            transport.icmp_errors - slot.icmp_seen,
-                        )
-                        slot.icmp_seen = transport.icmp_errors
-            finally:
-                if slot.holder is scope:
-                    slot.holder = None
-                    self._readers_left -= 1
-                    self._notify_finish()
+        relief = slot.holder is not None
+        slot.holder = scope
+        slot.reading = True
+        if relief and len(self._slots) > 1:
+            self._wake_standby()  # another socket's holder may be blocked as well
+        try:
+            # After a batch comes in, this checks for a shutdown first: shutdown() may have
+            # cancelled the scope meanwhile, so the batch must run outside it.
+            while not self._stop_requested:
+                if pending:
+                    slot.reading = False
+                    # The read loop passes a full checkpoint every few reads; count the
+                    # replies of one batch's handlers towards respond()'s fairness only.
+                    self._ready_sends = 0
+                    if not self._standby:
+                        self._wake_standby()
+                    await self._run_handlers(slot, scope)
+                    if slot.holder is not scope:
+                        return  # relieved while a handler here was blocked
+                    slot.reading = True
+                    continue
+                room = bound - self._active - len(pending)
+                if room <= 0:
+                    # Every handler slot is taken: leave the rest in the kernel buffer.
+                    await self._wait_for_finish()
+                    continue
+                try:
+                    batch = await transport.recv_datagrams(
+                        room if room < _READ_BATCH else _READ_BATCH
+                    )
+                except anyio.ClosedResourceError:
+                    break
+                except OSError as exc:
+                    log.log("recv", logging.ERROR, "receive failed: %s", exc)
+                    await anyio.sleep(_RECV_ERROR_BACKOFF)
+                    continue
+                self._queue_batch(transport, batch)
+                if transport.icmp_errors != slot.icmp_seen:
+                    log.log(
+                        "icmp",
+                        logging.INFO,
+                        "%d ICMP errors (peers unreachable) reported for earlier replies",
+                        transport.icmp_errors - slot.icmp_seen,
+                    )
+                    slot.icmp_seen = transport.icmp_errors
+        finally:
+            if slot.holder is scope:
+                slot.holder = None
+                self._readers_left -= 1
+                self._notify_finish()
 
     def _queue_batch(self, transport: ServerTransport, batch: list[Received]) -> None:
         """Screen and parse a batch; queue a request per datagram a handler should see."""
