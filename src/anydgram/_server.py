@@ -417,10 +417,10 @@ class DatagramServer(Generic[SendT, RecvT]):
         self._readers_left = 0
         self._standby = False
         self._waking = 0
-        self._workers = 0
+        self._tasks_started = 0
         self._task_limit = 0
-        self._worker_tg: TaskGroup | None = None
-        self._worker_task_ids: set[int] = set()
+        self._task_group: TaskGroup | None = None
+        self._task_ids: set[int] = set()
         self._finish_waiter: anyio.Event | None = None
         self._active = 0
         self._peak = 0
@@ -562,12 +562,12 @@ class DatagramServer(Generic[SendT, RecvT]):
         try:
             logger.info("serving on %s", _format_addresses(self._addresses))
             async with anyio.create_task_group() as tasks:
-                self._worker_tg = tasks
+                self._task_group = tasks
                 try:
                     if not self._stop_requested:
                         self._state = "serving"
                         self._slots = [_ReaderSlot(transport) for transport in transports]
-                        self._readers_left = self._workers = len(self._slots)
+                        self._readers_left = self._tasks_started = len(self._slots)
                         # Room for every handler to block, each in its own task, plus a
                         # task per socket that goes on reading.
                         self._task_limit = self._max_concurrent + len(self._slots)
@@ -600,7 +600,7 @@ class DatagramServer(Generic[SendT, RecvT]):
             self._pending.clear()
             self._idle.clear()
             self._slots = []
-            self._worker_tg = None
+            self._task_group = None
             self._log.flush()
             logger.info("stopped serving on %s", _format_addresses(self._addresses))
             self._addresses = ()
@@ -631,7 +631,7 @@ class DatagramServer(Generic[SendT, RecvT]):
         A task started for a socket holds its slot first. Any task with nothing queued to run
         takes over a slot whose holder is blocked in a handler, or parks until woken.
         """
-        self._worker_task_ids.add(anyio.get_current_task().id)
+        self._task_ids.add(anyio.get_current_task().id)
         if slot is None:  # started by _wake_one
             self._waking -= 1
             self._standby = False
@@ -825,7 +825,7 @@ class DatagramServer(Generic[SendT, RecvT]):
         """
         pending = self._pending
         checkpoint = self._checkpoint
-        while pending and self._worker_tg is not None:  # no task group: nobody to wake
+        while pending and self._task_group is not None:  # no task group: nobody to wake
             if not self._waking:
                 self._wake_one()
             await checkpoint()
@@ -841,11 +841,11 @@ class DatagramServer(Generic[SendT, RecvT]):
             self._waking += 1
             self._idle.pop().set()
             return True
-        if self._workers < self._task_limit and self._worker_tg is not None:
-            self._workers += 1
+        if self._tasks_started < self._task_limit and self._task_group is not None:
+            self._tasks_started += 1
             self._waking += 1
-            self._worker_tg.start_soon(
-                self._task, None, name=f"anydgram server task {self._workers}"
+            self._task_group.start_soon(
+                self._task, None, name=f"anydgram server task {self._tasks_started}"
             )
             return True
         return False
@@ -1010,7 +1010,7 @@ class DatagramServer(Generic[SendT, RecvT]):
             if self._stop_wakeup is not None:
                 self._stop_wakeup.set()
         stopped = self._stopped
-        if stopped is None or anyio.get_current_task().id in self._worker_task_ids:
+        if stopped is None or anyio.get_current_task().id in self._task_ids:
             await anyio.lowlevel.checkpoint()
             return
         await stopped.wait()
