@@ -39,9 +39,11 @@ IPV6_RECVPKTINFO: Final[int | None] = getattr(socket, "IPV6_RECVPKTINFO", 49 if 
 IPV6_PKTINFO: Final[int | None] = getattr(socket, "IPV6_PKTINFO", 50 if _IS_LINUX else None)
 
 #: Sends that did not wait between two full checkpoints, so a handler that replies in a loop
-#: still lets other tasks run. Larger than SocketIO's 16, and than a read batch (64): workers
-#: yield anyway whenever the queue runs dry, and on the echo benchmark a checkpoint every 16
-#: replies cost ~1 us of CPU per datagram (each one lets the reader in for a smaller batch).
+#: still lets other tasks run. The server counts them per read batch (its reading task passes
+#: checkpoints of its own), so this is larger than a batch (64): one reply per datagram never
+#: reaches it, and a checkpoint inside a handler run by the reading task makes the standby take
+#: the reading over. On the echo benchmark a checkpoint every 16 replies cost ~1 us of CPU per
+#: datagram.
 SEND_FAIRNESS_INTERVAL: Final = 128
 
 #: Room for one ``in6_pktinfo`` (the larger of the two) control message.
