@@ -12,7 +12,7 @@ import os
 import re
 import socket
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import anyio
@@ -109,6 +109,14 @@ def _open_io(make_io: IOFactory, family_host: tuple[int, str]) -> ServerSocketIO
     return make_io(sock, _LIMIT)
 
 
+@pytest.fixture
+async def io(make_io: IOFactory, family_host: tuple[int, str]) -> AsyncIterator[ServerSocketIO]:
+    """The socket I/O of the path under test on a fresh loopback socket, closed afterwards."""
+    opened = _open_io(make_io, family_host)
+    yield opened
+    await opened.aclose()
+
+
 async def _drain(io: ServerSocketIO, expected: int) -> list[tuple[bytes, Any]]:
     """Receive until ``expected`` datagrams were taken; check every batch's shape."""
     got: list[tuple[bytes, Any]] = []
@@ -128,11 +136,9 @@ async def _drain(io: ServerSocketIO, expected: int) -> list[tuple[bytes, Any]]:
 
 async def test_batch_of_mixed_sizes(
     anyio_backend: Any,
-    make_io: IOFactory,
-    family_host: tuple[int, str],
+    io: ServerSocketIO,
     peers: list[socket.socket],
 ) -> None:
-    io = _open_io(make_io, family_host)
     target = io.local_address
     sizes = [0, 1, 7, _LIMIT - 1, _LIMIT, _LIMIT + 1, _LIMIT + 50, 33]
     sent: list[tuple[bytes, Any]] = []
@@ -146,96 +152,74 @@ async def test_batch_of_mixed_sizes(
             oversize += 1
         else:
             sent.append((payload, peer.getsockname()))
-    try:
-        got = await _drain(io, len(sent))
-        assert got == sent
-        assert io.datagrams_received == len(sent)
-        assert io.bytes_received == sum(len(data) for data, _ in sent)
-        assert io.oversize == oversize
-        # Nothing left: a receive now would wait.
-        with anyio.move_on_after(0.05) as scope:
-            await io.recv_datagrams(64)
-        assert scope.cancelled_caught
-    finally:
-        await io.aclose()
+    got = await _drain(io, len(sent))
+    assert got == sent
+    assert io.datagrams_received == len(sent)
+    assert io.bytes_received == sum(len(data) for data, _ in sent)
+    assert io.oversize == oversize
+    # Nothing left: a receive now would wait.
+    with anyio.move_on_after(0.05) as scope:
+        await io.recv_datagrams(64)
+    assert scope.cancelled_caught
 
 
 async def test_addresses_match_recvfrom(
     anyio_backend: Any,
-    make_io: IOFactory,
+    io: ServerSocketIO,
     family_host: tuple[int, str],
     peers: list[socket.socket],
 ) -> None:
     family, host = family_host
-    io = _open_io(make_io, family_host)
     with _bound_socket(family, host) as reference:
-        try:
-            for peer in peers:
-                peer.sendto(b"to io", io.local_address)
-                peer.sendto(b"to reference", reference.getsockname())
-            got = await _drain(io, len(peers))
-            expected = [reference.recvfrom(64)[1] for _ in peers]
-            assert [address for _, address in got] == expected
-            assert [type(a) for _, a in got] == [type(a) for a in expected]
-            assert [type(part) for part in got[0][1]] == [type(part) for part in expected[0]]
-        finally:
-            await io.aclose()
+        for peer in peers:
+            peer.sendto(b"to io", io.local_address)
+            peer.sendto(b"to reference", reference.getsockname())
+        got = await _drain(io, len(peers))
+        expected = [reference.recvfrom(64)[1] for _ in peers]
+        assert [address for _, address in got] == expected
+        assert [type(a) for _, a in got] == [type(a) for a in expected]
+        assert [type(part) for part in got[0][1]] == [type(part) for part in expected[0]]
 
 
 async def test_nothing_waiting_loses_nothing(
     anyio_backend: Any,
-    make_io: IOFactory,
-    family_host: tuple[int, str],
+    io: ServerSocketIO,
     peers: list[socket.socket],
 ) -> None:
-    io = _open_io(make_io, family_host)
-    try:
-        with anyio.move_on_after(0.05) as scope:
-            await io.recv_datagrams(64)
-        assert scope.cancelled_caught
-        peers[0].sendto(b"after", io.local_address)
-        assert await _drain(io, 1) == [(b"after", peers[0].getsockname())]
-    finally:
-        await io.aclose()
+    with anyio.move_on_after(0.05) as scope:
+        await io.recv_datagrams(64)
+    assert scope.cancelled_caught
+    peers[0].sendto(b"after", io.local_address)
+    assert await _drain(io, 1) == [(b"after", peers[0].getsockname())]
 
 
 async def test_batch_bound_respected(
     anyio_backend: Any,
-    make_io: IOFactory,
-    family_host: tuple[int, str],
+    io: ServerSocketIO,
     peers: list[socket.socket],
 ) -> None:
-    io = _open_io(make_io, family_host)
-    try:
-        for i in range(10):
-            peers[0].sendto(bytes([i]), io.local_address)
-        with anyio.fail_after(5):
-            first = await io.recv_datagrams(3)
-            assert [data for data, _, _ in first] == [b"\0", b"\1", b"\2"]
-            rest = await _drain(io, 7)
-        assert [data for data, _ in rest] == [bytes([i]) for i in range(3, 10)]
-        assert io.datagrams_received == 10
-    finally:
-        await io.aclose()
+    for i in range(10):
+        peers[0].sendto(bytes([i]), io.local_address)
+    with anyio.fail_after(5):
+        first = await io.recv_datagrams(3)
+        assert [data for data, _, _ in first] == [b"\0", b"\1", b"\2"]
+        rest = await _drain(io, 7)
+    assert [data for data, _ in rest] == [bytes([i]) for i in range(3, 10)]
+    assert io.datagrams_received == 10
 
 
 async def test_only_oversize_waiting_then_valid(
     anyio_backend: Any,
-    make_io: IOFactory,
-    family_host: tuple[int, str],
+    io: ServerSocketIO,
     peers: list[socket.socket],
 ) -> None:
     # More junk than one bound: the reader skips it in bounded steps and still gets the rest.
-    io = _open_io(make_io, family_host)
-    try:
-        for _ in range(150):
-            peers[0].sendto(b"x" * (_LIMIT + 1), io.local_address)
-        peers[0].sendto(b"ok", io.local_address)
-        assert await _drain(io, 1) == [(b"ok", peers[0].getsockname())]
-        assert io.oversize == 150
-        assert io.datagrams_received == 1
-    finally:
-        await io.aclose()
+    for _ in range(150):
+        peers[0].sendto(b"x" * (_LIMIT + 1), io.local_address)
+    peers[0].sendto(b"ok", io.local_address)
+    assert await _drain(io, 1) == [(b"ok", peers[0].getsockname())]
+    assert io.oversize == 150
+    assert io.datagrams_received == 1
 
 
 async def test_large_datagrams_at_the_default_limit(
@@ -259,19 +243,13 @@ async def test_large_datagrams_at_the_default_limit(
         await io.aclose()
 
 
-async def test_closed_raises_closed_resource_error(
-    anyio_backend: Any, make_io: IOFactory, family_host: tuple[int, str]
-) -> None:
-    io = _open_io(make_io, family_host)
+async def test_closed_raises_closed_resource_error(anyio_backend: Any, io: ServerSocketIO) -> None:
     await io.aclose()
     with pytest.raises(anyio.ClosedResourceError):
         await io.recv_datagrams(64)
 
 
-async def test_close_wakes_waiting_receiver(
-    anyio_backend: Any, make_io: IOFactory, family_host: tuple[int, str]
-) -> None:
-    io = _open_io(make_io, family_host)
+async def test_close_wakes_waiting_receiver(anyio_backend: Any, io: ServerSocketIO) -> None:
     outcome: list[BaseException] = []
 
     async def receive() -> None:
@@ -291,27 +269,23 @@ async def test_close_wakes_waiting_receiver(
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="IP_RECVERR is Linux-only")
 async def test_icmp_error_counted_not_raised(
     anyio_backend: Any,
-    make_io: IOFactory,
+    io: ServerSocketIO,
     family_host: tuple[int, str],
     peers: list[socket.socket],
 ) -> None:
     family, host = family_host
     with _bound_socket(family, host) as gone:
         dead = gone.getsockname()
-    io = _open_io(make_io, family_host)
-    try:
-        assert io.send_nowait(b"anyone?", dead)
-        await anyio.sleep(0.05)  # the ICMP port unreachable comes back through loopback
-        peers[0].sendto(b"live", io.local_address)
-        assert await _drain(io, 1) == [(b"live", peers[0].getsockname())]
-        with anyio.fail_after(5):
-            while io.icmp_errors == 0:
-                with anyio.move_on_after(0.02):
-                    await io.recv_datagrams(64)
-        assert io.icmp_errors == 1
-        assert io.datagrams_received == 1
-    finally:
-        await io.aclose()
+    assert io.send_nowait(b"anyone?", dead)
+    await anyio.sleep(0.05)  # the ICMP port unreachable comes back through loopback
+    peers[0].sendto(b"live", io.local_address)
+    assert await _drain(io, 1) == [(b"live", peers[0].getsockname())]
+    with anyio.fail_after(5):
+        while io.icmp_errors == 0:
+            with anyio.move_on_after(0.02):
+                await io.recv_datagrams(64)
+    assert io.icmp_errors == 1
+    assert io.datagrams_received == 1
 
 
 # -- the batched path itself --------------------------------------------------------------------
