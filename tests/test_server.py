@@ -208,6 +208,39 @@ async def test_concurrency_bound_holds_and_nothing_is_dropped() -> None:
     assert (stats.datagrams_received, stats.datagrams_sent, stats.kernel_drops) == (100, 100, 0)
 
 
+@pytest.mark.parametrize(("bound", "sockets"), [(1, 2), (2, 3)])
+async def test_concurrency_bound_holds_across_sockets(bound: int, sockets: int) -> None:
+    # Each socket's reader waits for datagrams with the room it saw before the others took
+    # theirs; requests read that way wait for a handler slot instead of running beyond it.
+    net = MemoryNetwork()
+    release = anyio.Event()
+
+    async def handler(request: BytesRequest) -> None:
+        await release.wait()
+        await request.respond(request.packet)
+
+    hosts = [f"127.0.0.{i + 1}" for i in range(sockets)]
+    server = DatagramServer(hosts, 0, handler, network=net, max_concurrent_handlers=bound)
+    sent = [b"%d-%d" % (s, i) for s in range(sockets) for i in range(bound)]
+    replies: list[bytes] = []
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            addresses = await tg.start(server.serve_forever)
+            clients = [await net.connect_udp(*address) for address in addresses]
+            for number, client in enumerate(clients):
+                for i in range(bound):
+                    await client.send_packet(b"%d-%d" % (number, i))
+                await anyio.wait_all_tasks_blocked()
+            assert server.statistics().handlers_active == bound
+            release.set()
+            for client in clients:
+                replies += [await client.recv_packet() for _ in range(bound)]
+                await client.aclose()
+            await server.aclose()
+    assert sorted(replies) == sorted(sent)
+    assert server.statistics().handlers_peak == bound
+
+
 async def test_handlers_run_concurrently() -> None:
     # Every handler waits until all 20 have started: only concurrent dispatch finishes.
     all_started = anyio.Event()
@@ -298,6 +331,8 @@ async def test_a_handler_sending_many_replies_leaves_room_for_the_others() -> No
             await server.aclose()
     assert sorted(set(replies)) == [b"a", b"b", b"c", b"many"]
     assert replies.count(b"many") == 300
+    # Answered while the first handler was still replying, not after it.
+    assert max(replies.index(packet) for packet in (b"a", b"b", b"c")) < 300
     assert server.statistics().datagrams_sent == 303
 
 

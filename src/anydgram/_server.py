@@ -703,7 +703,7 @@ class DatagramServer(Generic[SendT, RecvT]):
             # After a batch comes in, this checks for a shutdown first: shutdown() may have
             # cancelled the scope meanwhile, so the batch must run outside it.
             while not self._stop_requested:
-                if pending:
+                if pending and self._active < bound:
                     slot.reading = False
                     # The read loop passes a full checkpoint every few reads; count the
                     # replies of one batch's handlers towards respond()'s fairness only.
@@ -717,7 +717,9 @@ class DatagramServer(Generic[SendT, RecvT]):
                     continue
                 room = bound - self._active - len(pending)
                 if room <= 0:
-                    # Every handler slot is taken: leave the rest in the kernel buffer.
+                    # Every handler slot is taken: leave the rest in the kernel buffer. (With
+                    # several sockets, requests read meanwhile by another holder may wait here
+                    # for a slot: a room computed before a wait goes stale.)
                     await self._wait_for_finish()
                     continue
                 try:
@@ -821,14 +823,18 @@ class DatagramServer(Generic[SendT, RecvT]):
 
         One task is woken, then this yields: that task runs handlers back to back until the
         queue is empty, unless a handler blocks; then the next round wakes another. Each round
-        a woken task takes at least one request, so this ends.
+        a woken task takes at least one request, so this ends. While every handler slot (or
+        every task) is taken this waits instead: the handler that finishes takes the next one.
         """
         pending = self._pending
         checkpoint = self._checkpoint
         while pending and self._task_group is not None:  # no task group: nobody to wake
-            if not self._waking:
-                self._wake_one()
-            await checkpoint()
+            if self._active >= self._max_concurrent or (not self._waking and not self._wake_one()):
+                # Every handler slot, or every task, is taken: a handler that finishes takes
+                # the next request itself.
+                await self._wait_for_finish()
+            else:
+                await checkpoint()
 
     def _wake_standby(self) -> None:
         """Make sure a task will run at the next yield, to relieve a holder blocked in a handler."""
@@ -866,17 +872,23 @@ class DatagramServer(Generic[SendT, RecvT]):
     async def _run_handlers(self, slot: _ReaderSlot | None, scope: object) -> None:
         """Run handlers for queued requests back to back, until the queue is empty.
 
-        A holder (``slot`` given, ``scope`` its turn) stops as well when relieved of the slot.
+        Stops, leaving the rest queued, when ``max_concurrent_handlers`` handlers run: the
+        task whose handler finishes next takes it on. A holder (``slot`` given, ``scope`` its
+        task's) stops as well when relieved of the slot.
         """
         pending = self._pending
         handler = self._handler
         hook = self._parse_error_handler
+        bound = self._max_concurrent
         cancelled_class = anyio.get_cancelled_exc_class()
         while pending:
             if slot is not None and slot.holder is not scope:
                 return
+            active = self._active
+            if active >= bound:
+                return
             request = pending.popleft()
-            active = self._active = self._active + 1
+            active = self._active = active + 1
             if active > self._peak:
                 self._peak = active
             try:

@@ -9,8 +9,10 @@ What it covers, per input (a list of datagrams, a protocol and a mode):
 2. Server modes: batches are read through a :class:`~anydgram._server_io.ServerSocketIO`
    whose ``recv_datagrams`` does not wait (it returns what the socket holds and raises
    :exc:`anyio.ClosedResourceError` when it holds nothing; the coroutine is stepped by hand,
-   with no event loop), as many at a time as the server's reader would take, and each batch
-   goes through the server's own ``DatagramServer._queue_batch``. That runs, per datagram,
+   with no event loop), at most ``_READ_BATCH`` and the room the handler bound leaves at a
+   time (computed here: the server's reader loop also runs handlers and waits, so it is not
+   stepped), and each batch goes through the server's own ``DatagramServer._queue_batch``.
+   That runs, per datagram,
    the parse, the ``parse_errors`` count, the sender filled into the error, the rate-limited
    log record (formatted by a handler that raises on failure) and the queued
    :class:`~anydgram.DatagramRequest` (or the request for ``parse_error_handler``).
@@ -26,9 +28,10 @@ unread.
 
 Not covered: waiting for the socket (``wait_readable``, fairness checkpoints, cancellation),
 the ``recvmsg``/``IP_PKTINFO`` receive path of wildcard-bound server sockets (it needs IP
-sockets), the worker tasks, handlers, replies and sends, ICMP error handling and the
-``request()`` machinery. The formats themselves are fuzzed more thoroughly by
-``fuzz_serializers.py``. Linux only (abstract Unix socket names).
+sockets), the server's reader loop (its room computation, stop checks and ICMP log), its
+tasks, handlers, replies and sends, ICMP error handling and the ``request()`` machinery.
+The formats themselves are fuzzed more thoroughly by ``fuzz_serializers.py``. Linux only
+(abstract Unix socket names).
 
 Input layout: byte 0 picks the protocol (``data[0] % len(PROTOCOLS)``, append-only), byte 1
 the mode (:data:`MODES`, bits 0-1) and how much room the server's handler bound leaves (bits
@@ -246,9 +249,9 @@ def _run_server(
             for datagram in datagrams[start : start + SEND_CHUNK]:
                 sender.send(datagram)
             while True:
-                room = min(bound - len(server._pending), _READ_BATCH)
+                take = min(bound - len(server._pending), _READ_BATCH)
                 try:
-                    batch = _step_without_loop(io.recv_datagrams(room))
+                    batch = _step_without_loop(io.recv_datagrams(take))
                 except anyio.ClosedResourceError:
                     break
                 server._queue_batch(io, batch)
