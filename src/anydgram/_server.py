@@ -189,7 +189,8 @@ class _ReaderSlot:
     def __init__(self, transport: ServerTransport) -> None:
         self.transport = transport
         self.name = _format_address(transport.local_address)
-        #: The cancel scope of the holding task's turn; ``None`` before and after reading.
+        #: The holding task's cancel scope (see :meth:`DatagramServer._task`); ``None`` before
+        #: and after reading.
         self.holder: anyio.CancelScope | None = None
         #: The holder is receiving or waiting for room, not running a handler.
         self.reading = True
@@ -633,9 +634,7 @@ class DatagramServer(Generic[SendT, RecvT]):
         """
         self._task_ids.add(anyio.get_current_task().id)
         if slot is None:  # started by _wake_one
-            self._waking -= 1
-            self._standby = False
-            slot = self._stuck_slot()
+            slot = self._woken()
         # One scope for the task's life, not one per turn at a slot: a turn begins whenever a
         # handler blocks, and a scope costs microseconds. shutdown() cancels it only while
         # this task reads; the task then goes on outside it, as a plain worker.
@@ -664,9 +663,13 @@ class DatagramServer(Generic[SendT, RecvT]):
             event = anyio.Event()
             idle.append(event)
             await event.wait()
-            self._waking -= 1
-            self._standby = False
-            slot = self._stuck_slot()
+            slot = self._woken()
+
+    def _woken(self) -> _ReaderSlot | None:
+        """Account for a task woken (or started) by :meth:`_wake_one`; return a slot to take."""
+        self._waking -= 1
+        self._standby = False
+        return self._stuck_slot()
 
     def _stuck_slot(self) -> _ReaderSlot | None:
         """A socket whose holder is blocked in a handler (the caller runs, so it is suspended)."""
@@ -904,6 +907,7 @@ class DatagramServer(Generic[SendT, RecvT]):
                 raise
             finally:
                 self._active -= 1
+                # _notify_finish(), inlined: this runs once per datagram.
                 waiter = self._finish_waiter
                 if waiter is not None:
                     self._finish_waiter = None
