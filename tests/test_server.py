@@ -224,8 +224,7 @@ async def test_concurrency_bound_holds_across_sockets(bound: int, sockets: int) 
     sent = [b"%d-%d" % (s, i) for s in range(sockets) for i in range(bound)]
     replies: list[bytes] = []
     with anyio.fail_after(5):
-        async with anyio.create_task_group() as tg:
-            addresses = await tg.start(server.serve_forever)
+        async with serving(server) as addresses:
             clients = [await net.connect_udp(*address) for address in addresses]
             for number, client in enumerate(clients):
                 for i in range(bound):
@@ -236,7 +235,6 @@ async def test_concurrency_bound_holds_across_sockets(bound: int, sockets: int) 
             for client in clients:
                 replies += [await client.recv_packet() for _ in range(bound)]
                 await client.aclose()
-            await server.aclose()
     assert sorted(replies) == sorted(sent)
     assert server.statistics().handlers_peak == bound
 
@@ -290,21 +288,16 @@ async def test_a_blocked_handler_holds_up_neither_its_batch_nor_reading() -> Non
 
     server = DatagramServer("127.0.0.1", 0, handler, network=net)
     with anyio.fail_after(5):
-        async with anyio.create_task_group() as tg:
-            addresses = await tg.start(server.serve_forever)
-            async with await net.connect_udp(*addresses[0]) as client:
-                await client.send_packet(b"block")
-                for i in range(7):
-                    await client.send_packet(b"%d" % i)
-                assert {await client.recv_packet() for _ in range(7)} == {
-                    b"%d" % i for i in range(7)
-                }
-                await client.send_packet(b"later")
-                assert await client.recv_packet() == b"later"
-                assert server.statistics().handlers_active == 1
-                release.set()
-                assert await client.recv_packet() == b"block"
-            await server.aclose()
+        async with serving(server) as addresses, await net.connect_udp(*addresses[0]) as client:
+            await client.send_packet(b"block")
+            for i in range(7):
+                await client.send_packet(b"%d" % i)
+            assert {await client.recv_packet() for _ in range(7)} == {b"%d" % i for i in range(7)}
+            await client.send_packet(b"later")
+            assert await client.recv_packet() == b"later"
+            assert server.statistics().handlers_active == 1
+            release.set()
+            assert await client.recv_packet() == b"block"
     stats = server.statistics()
     # The quick handlers ran one after another: only the blocked one ran beside them.
     assert (stats.handlers_peak, stats.datagrams_sent, stats.handlers_cancelled) == (2, 9, 0)
@@ -322,13 +315,10 @@ async def test_a_handler_sending_many_replies_leaves_room_for_the_others() -> No
     server = DatagramServer("127.0.0.1", 0, handler, network=net)
     replies: list[bytes] = []
     with anyio.fail_after(5):
-        async with anyio.create_task_group() as tg:
-            addresses = await tg.start(server.serve_forever)
-            async with await net.connect_udp(*addresses[0]) as client:
-                for packet in (b"many", b"a", b"b", b"c"):
-                    await client.send_packet(packet)
-                replies += [await client.recv_packet() for _ in range(303)]
-            await server.aclose()
+        async with serving(server) as addresses, await net.connect_udp(*addresses[0]) as client:
+            for packet in (b"many", b"a", b"b", b"c"):
+                await client.send_packet(packet)
+            replies += [await client.recv_packet() for _ in range(303)]
     assert sorted(set(replies)) == [b"a", b"b", b"c", b"many"]
     assert replies.count(b"many") == 300
     # Answered while the first handler was still replying, not after it.

@@ -12,10 +12,9 @@ What it covers, per input (a list of datagrams, a protocol and a mode):
    with no event loop), at most ``_READ_BATCH`` and the room the handler bound leaves at a
    time (computed here: the server's reader loop also runs handlers and waits, so it is not
    stepped), and each batch goes through the server's own ``DatagramServer._queue_batch``.
-   That runs, per datagram,
-   the parse, the ``parse_errors`` count, the sender filled into the error, the rate-limited
-   log record (formatted by a handler that raises on failure) and the queued
-   :class:`~anydgram.DatagramRequest` (or the request for ``parse_error_handler``).
+   That runs, per datagram, the parse, the ``parse_errors`` count, the sender filled into the
+   error, the rate-limited log record (formatted by a handler that raises on failure) and the
+   queued :class:`~anydgram.DatagramRequest` (or the request for ``parse_error_handler``).
 3. Endpoint modes: an unconnected :class:`~anydgram.DatagramEndpoint` or a connected
    :class:`~anydgram.DatagramClient` parses each datagram with its ``_parse`` step, the one
    ``recv_packet`` and ``iter_received_packets`` use.
