@@ -11,6 +11,7 @@ descriptors, kernel buffers, binding the freed address with a socket) ask for
 from __future__ import annotations
 
 import errno
+import pathlib
 import random
 import socket
 import time
@@ -532,3 +533,62 @@ async def test_from_socket_adopts_and_validates(socket_harness: Harness) -> None
         harness.adopt_endpoint(stream)
     with pytest.raises(TypeError):
         harness.adopt_endpoint("not a socket")  # type: ignore[arg-type]
+
+
+# -- Unix socket files: a failed bind leaves the path alone; close removes only our own file --
+
+
+async def test_failed_local_bind_leaves_a_regular_file(tmp_path: pathlib.Path) -> None:
+    server = await anydgram.open_unix_datagram_endpoint(tmp_path / "server")
+    local = tmp_path / "taken"
+    local.write_text("not ours")
+    async with server:
+        with pytest.raises(OSError, match="in use") as info:
+            await anydgram.connect_unix_datagram(tmp_path / "server", local_path=local)
+    assert info.value.errno == errno.EADDRINUSE
+    assert local.read_text() == "not ours"
+
+
+async def test_failed_bind_leaves_another_live_socket(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "live"
+    owner = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with owner:
+        owner.bind(str(path))
+        with pytest.raises(OSError, match="in use"):
+            await anydgram.connect_unix_datagram(path, local_path=path)
+        with pytest.raises(OSError, match="in use"):
+            await anydgram.open_unix_datagram_endpoint(path)
+        assert path.exists()
+        sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        with sender:
+            sender.sendto(b"still there", str(path))
+        assert owner.recv(64) == b"still there"
+
+
+async def test_failed_connect_removes_the_file_it_bound(tmp_path: pathlib.Path) -> None:
+    local = tmp_path / "client"
+    with pytest.raises(FileNotFoundError):
+        await anydgram.connect_unix_datagram(tmp_path / "nobody", local_path=local)
+    assert not local.exists()
+
+
+async def test_close_leaves_a_path_rebound_by_someone_else(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "endpoint"
+    server = await anydgram.open_unix_datagram_endpoint(tmp_path / "server")
+    async with server:
+        for opened in (
+            anydgram.open_unix_datagram_endpoint(path),
+            anydgram.connect_unix_datagram(tmp_path / "server", local_path=path),
+        ):
+            endpoint = await opened
+            path.unlink()
+            newcomer = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            with newcomer:
+                newcomer.bind(str(path))
+                await endpoint.aclose()
+                assert path.exists()
+            path.unlink()
+    # Still ours at close: removed.
+    endpoint = await anydgram.open_unix_datagram_endpoint(path)
+    await endpoint.aclose()
+    assert not path.exists()

@@ -27,7 +27,7 @@ from ._request import (
     destination_key,
     key_from_addrinfo,
 )
-from ._socket_io import SocketIO, SocketProxy, normalize_address
+from ._socket_io import BoundPath, SocketIO, SocketProxy, normalize_address
 from ._statistics import EndpointStatistics
 
 __all__ = ("Address", "DatagramClient", "DatagramEndpoint")
@@ -281,7 +281,7 @@ class DatagramClient(_BaseEndpoint[SendT, RecvT]):
         cls,
         sock: socket.socket,
         protocol: DatagramProtocol[Any, Any] | None,
-        unlink_path: str | None = None,
+        unlink_path: BoundPath | None = None,
     ) -> DatagramClient[Any, Any]:
         _check_datagram_socket(sock)
         sock.getpeername()  # raises OSError (ENOTCONN) for an unconnected socket
@@ -445,7 +445,7 @@ class DatagramEndpoint(_BaseEndpoint[SendT, RecvT]):
         cls,
         sock: socket.socket,
         protocol: DatagramProtocol[Any, Any] | None,
-        unlink_path: str | None = None,
+        unlink_path: BoundPath | None = None,
     ) -> DatagramEndpoint[Any, Any]:
         _check_datagram_socket(sock)
         if _is_connected(sock):

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 import sys
@@ -18,7 +17,7 @@ from anyio.lowlevel import checkpoint
 
 from ._endpoint import DatagramClient, DatagramEndpoint
 from ._protocol import DatagramProtocol, RecvT, SendT
-from ._socket_io import set_recverr
+from ._socket_io import BoundPath, set_recverr
 
 __all__ = (
     "connect_udp",
@@ -378,7 +377,9 @@ async def connect_unix_datagram(
     Args:
         path: The peer's path; a Linux abstract name starts with ``"\\0"``.
         protocol: Packets to datagrams and back; raw :class:`bytes` when omitted.
-        local_path: The path to bind first; it is removed again when the client closes.
+        local_path: The path to bind first. The socket file is removed again when the client
+            closes, but only while it is still the file this call bound; a bind that fails
+            never removes the path.
         recv_buffer_size: ``SO_RCVBUF`` to request, in bytes.
         send_buffer_size: ``SO_SNDBUF`` to request, in bytes (this bounds the largest
             datagram a Unix socket can send).
@@ -391,19 +392,21 @@ async def connect_unix_datagram(
     local = None if local_path is None else _unix_path(local_path, "local_path")
     await checkpoint()
     sock = _unix_socket()
+    bound: BoundPath | None = None
     try:
         apply_buffer_sizes(sock, recv_buffer_size, send_buffer_size)
         if local is not None:
             sock.bind(local)
+            bound = BoundPath.after_bind(local)
         elif sys.platform.startswith("linux"):
             sock.bind("")  # autobind: a unique abstract name the peer can reply to
         sock.connect(target)
-        return DatagramClient._adopt(sock, protocol, unlink_path=local)
+        return DatagramClient._adopt(sock, protocol, unlink_path=bound)
     except BaseException:
         sock.close()
-        if local is not None and not local.startswith("\0"):
-            with contextlib.suppress(OSError):
-                os.unlink(local)
+        # Only a file this call created is removed: a failed bind leaves the path alone.
+        if bound is not None:
+            bound.remove()
         raise
 
 
@@ -432,7 +435,9 @@ async def open_unix_datagram_endpoint(
 ) -> DatagramEndpoint[Any, Any]:
     r"""Open a Unix datagram socket bound to ``path`` that can talk to any peer.
 
-    The socket file is removed when the endpoint closes (abstract names need no removal).
+    The socket file is removed when the endpoint closes, but only while it is still the file
+    this call bound (same device and inode): a path removed and bound again by someone else is
+    left alone. A bind that fails never removes the path. Abstract names need no removal.
 
     Args:
         path: The path to bind; a Linux abstract name starts with ``"\\0"``.
@@ -453,4 +458,11 @@ async def open_unix_datagram_endpoint(
     except BaseException:
         sock.close()
         raise
-    return DatagramEndpoint._adopt(sock, protocol, unlink_path=local)
+    bound = BoundPath.after_bind(local)
+    try:
+        return DatagramEndpoint._adopt(sock, protocol, unlink_path=bound)
+    except BaseException:
+        sock.close()
+        if bound is not None:
+            bound.remove()
+        raise

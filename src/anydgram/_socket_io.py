@@ -12,6 +12,7 @@ import contextlib
 import errno
 import os
 import socket
+import stat
 import struct
 import sys
 from collections.abc import Awaitable, Callable
@@ -22,7 +23,7 @@ import anyio
 from ._backend import Primitives, current_primitives
 from ._errors import DatagramTooLargeError
 
-__all__ = ("SocketIO", "SocketProxy")
+__all__ = ("BoundPath", "SocketIO", "SocketProxy")
 
 # Linux values the socket module of Python 3.11 does not export.
 SO_MEMINFO: Final = 55
@@ -58,6 +59,46 @@ _MAX_BATCH: Final = 64
 #: buffer has room) while the peer's queue is full, so there is nothing to wait on but time.
 _UNIX_BACKOFF_FIRST: Final = 0.0005
 _UNIX_BACKOFF_MAX: Final = 0.05
+
+
+class BoundPath:
+    """A Unix socket file this process just bound, removed on close only while it is still ours.
+
+    The file's device and inode are recorded right after ``bind()``. If the path was removed
+    and bound again by someone else meanwhile, :meth:`remove` leaves the new file alone.
+    """
+
+    __slots__ = ("_identity", "path")
+
+    def __init__(self, path: str, identity: tuple[int, int]) -> None:
+        self.path = path
+        self._identity = identity
+
+    @classmethod
+    def after_bind(cls, path: str) -> BoundPath | None:
+        """The file ``bind(path)`` has just created; ``None`` for an abstract name.
+
+        ``None`` as well when the path cannot be examined: a file we cannot identify is never
+        removed.
+        """
+        if path.startswith("\0"):
+            return None
+        try:
+            info = os.lstat(path)
+        except OSError:
+            return None
+        return cls(path, (info.st_dev, info.st_ino))
+
+    def remove(self) -> None:
+        """Remove the file if it is still the socket file that was bound (else do nothing)."""
+        try:
+            info = os.lstat(self.path)
+        except OSError:
+            return
+        if not stat.S_ISSOCK(info.st_mode) or (info.st_dev, info.st_ino) != self._identity:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
 
 
 def normalize_address(family: int, address: Any) -> Any:
@@ -243,7 +284,7 @@ class SocketIO:
         *,
         max_datagram_size: int,
         connected: bool,
-        unlink_path: str | None = None,
+        unlink_path: BoundPath | None = None,
     ) -> None:
         sock.setblocking(False)
         self._init_state(
@@ -263,7 +304,7 @@ class SocketIO:
         connected: bool,
         peer: Any,
         max_datagram_size: int,
-        unlink_path: str | None,
+        unlink_path: BoundPath | None,
     ) -> None:
         """Set every field; a subclass with no real socket calls this instead of __init__."""
         self.sock = sock
@@ -611,6 +652,5 @@ class SocketIO:
 
     def _unlink(self) -> None:
         path = self._unlink_path
-        if path is not None and not path.startswith("\0"):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+        if path is not None:
+            path.remove()

@@ -34,6 +34,7 @@ from ._socket_io import (
     _IS_LINUX,  # pyright: ignore[reportPrivateUsage]
     _UNIX_BACKOFF_FIRST,  # pyright: ignore[reportPrivateUsage]
     _UNIX_BACKOFF_MAX,  # pyright: ignore[reportPrivateUsage]
+    BoundPath,
     normalize_address,
     read_kernel_drops,
 )
@@ -151,7 +152,7 @@ class ThreadedSocketIO:
         *,
         max_datagram_size: int,
         connected: bool,
-        unlink_path: str | None = None,
+        unlink_path: BoundPath | None = None,
     ) -> None:
         sock.setblocking(False)
         self.sock = sock
@@ -478,6 +479,5 @@ class ThreadedSocketIO:
             finally:
                 self._waker.close()
                 path = self._unlink_path
-                if path is not None and not path.startswith("\0"):
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(path)
+                if path is not None:
+                    path.remove()
