@@ -7,12 +7,13 @@ own endpoints.
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import random
 import socket
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -791,6 +792,45 @@ def test_arguments_are_checked() -> None:
         DatagramServer("127.0.0.1", 0, echo, recv_buffer_size=0)
     with pytest.raises(TypeError, match="logger"):
         DatagramServer("127.0.0.1", 0, echo, logger="x")  # type: ignore[call-overload]
+
+
+def test_a_handler_that_is_not_async_is_refused() -> None:
+    def plain(request: BytesRequest) -> None:
+        del request
+
+    def returns_a_coroutine(request: BytesRequest) -> Awaitable[None]:
+        return echo(request)
+
+    not_async: list[Any] = [plain, functools.partial(plain), object, returns_a_coroutine]
+    for handler in not_async:
+        with pytest.raises(TypeError, match="handler must be an async function"):
+            DatagramServer("127.0.0.1", 0, handler)
+        with pytest.raises(TypeError, match="parse_error_handler must be an async function"):
+            DatagramServer("127.0.0.1", 0, echo, parse_error_handler=handler)
+
+
+class _AsyncCallable:
+    async def __call__(self, request: BytesRequest) -> None:
+        await request.respond(b"object:" + request.packet)
+
+
+async def _tagged(tag: bytes, request: BytesRequest) -> None:
+    await request.respond(tag + request.packet)
+
+
+@pytest.mark.parametrize(
+    ("handler", "tag"),
+    [
+        (_AsyncCallable(), b"object:"),
+        (functools.partial(_tagged, b"partial:"), b"partial:"),
+        (functools.partial(functools.partial(_AsyncCallable())), b"object:"),
+    ],
+    ids=["async-call", "partial", "partial-of-async-call"],
+)
+async def test_async_callables_are_accepted_as_handlers(handler: Any, tag: bytes) -> None:
+    server = DatagramServer("127.0.0.1", 0, handler)
+    async with serving(server) as addresses, peers() as (peer,):
+        assert await request_reply(peer, b"x", addresses[0]) == tag + b"x"
 
 
 async def test_grace_period_is_checked() -> None:

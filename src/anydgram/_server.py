@@ -24,6 +24,8 @@ cancel scope or logs.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import math
 import socket
@@ -181,6 +183,22 @@ ParseErrorHandler: TypeAlias = Callable[
 ]
 
 
+def _is_async_callable(obj: object) -> bool:
+    """Whether calling ``obj`` gives a coroutine.
+
+    True for an ``async def`` function or method, an object whose ``__call__`` is one, and a
+    :func:`functools.partial` of either.
+    """
+    while isinstance(obj, functools.partial):
+        obj = obj.func  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
+    if inspect.iscoroutinefunction(obj):
+        return True
+    if inspect.isfunction(obj) or inspect.ismethod(obj) or inspect.isclass(obj):
+        return False
+    call = getattr(type(obj), "__call__", None)  # noqa: B004 - the method itself, not callable()
+    return inspect.iscoroutinefunction(call)
+
+
 class _ReaderSlot:
     """A socket's reading role, held by one task at a time (see :meth:`DatagramServer._read`)."""
 
@@ -262,7 +280,9 @@ class DatagramServer(Generic[SendT, RecvT]):
             ``recv_buffer_size`` do not apply). ``None``: real sockets.
 
     Raises:
-        TypeError: An argument has the wrong type.
+        TypeError: An argument has the wrong type; ``handler`` or ``parse_error_handler`` is
+            not an async callable (an ``async def`` function, an object whose ``__call__`` is
+            one, or a :func:`functools.partial` of either).
         ValueError: An argument is out of range.
     """
 
@@ -318,10 +338,16 @@ class DatagramServer(Generic[SendT, RecvT]):
     ) -> None:
         self._hosts = check_hosts(host)
         self._port = check_port(port)
-        if not callable(handler):
-            raise TypeError("handler must be an async callable")
-        if parse_error_handler is not None and not callable(parse_error_handler):
-            raise TypeError("parse_error_handler must be an async callable or None")
+        if not _is_async_callable(handler):
+            raise TypeError(
+                f"handler must be an async function (async def), got {handler!r}: "
+                "a plain def handler's call cannot be awaited"
+            )
+        if parse_error_handler is not None and not _is_async_callable(parse_error_handler):
+            raise TypeError(
+                "parse_error_handler must be an async function (async def) or None, "
+                f"got {parse_error_handler!r}"
+            )
         if not isinstance(max_concurrent_handlers, int) or isinstance(
             max_concurrent_handlers, bool
         ):
