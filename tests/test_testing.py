@@ -10,6 +10,7 @@ from typing import Any
 import anyio
 import pytest
 
+import anydgram
 from anydgram import (
     DatagramClient,
     DatagramEndpoint,
@@ -363,3 +364,37 @@ async def test_endpoint_request_over_the_network() -> None:
                 assert await endpoint.request(b"x", addresses[0]) == b"X"
 
     await _serve(net, _upper, body)
+
+
+# -- network= on the module-level factories -----------------------------------------------------
+
+
+async def test_module_factories_open_on_a_memory_network() -> None:
+    net = MemoryNetwork()
+    json = DatagramProtocol(JSONSerializer())
+    server = await anydgram.open_udp_endpoint("127.0.0.1", 0, protocol=json, network=net)
+    wildcard = await anydgram.open_udp_endpoint(port=0, network=net)
+    async with server, wildcard:
+        host, port = server.local_address[:2]
+        client = await anydgram.connect_udp(host, port, protocol=json, network=net)
+        async with client:
+            await client.send_packet({"n": 1})
+            with anyio.fail_after(5):
+                data, address = await server.recv_packet()
+            assert data == {"n": 1}
+            assert address == client.local_address
+            await server.send_packet({"n": 2}, address)
+            with anyio.fail_after(5):
+                assert await client.recv_packet() == {"n": 2}
+        assert wildcard.local_address[0] == "0.0.0.0"
+        assert net.statistics().delivered == 2
+
+
+async def test_module_factories_on_a_memory_network_refuse_what_it_cannot_do() -> None:
+    net = MemoryNetwork()
+    with pytest.raises(ValueError, match="local_address"):
+        await anydgram.connect_udp("127.0.0.1", 9, local_address=("127.0.0.1", 0), network=net)
+    with pytest.raises(ValueError, match="literal"):
+        await anydgram.connect_udp("localhost", 9, network=net)
+    with pytest.raises(ValueError, match="literal"):
+        await anydgram.open_udp_endpoint("localhost", 0, network=net)

@@ -10,7 +10,7 @@ import os
 import socket
 import sys
 from collections.abc import Sequence
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
 import anyio
 from anyio.lowlevel import checkpoint
@@ -18,6 +18,9 @@ from anyio.lowlevel import checkpoint
 from ._endpoint import DatagramClient, DatagramEndpoint
 from ._protocol import DatagramProtocol, RecvT, SendT
 from ._socket_io import BoundPath, set_recverr
+
+if TYPE_CHECKING:
+    from .testing import MemoryNetwork
 
 __all__ = (
     "connect_udp",
@@ -86,6 +89,7 @@ async def connect_udp(
     family: int = socket.AF_UNSPEC,
     recv_buffer_size: int | None = None,
     send_buffer_size: int | None = None,
+    network: MemoryNetwork | None = None,
 ) -> DatagramClient[bytes, bytes]: ...
 @overload
 async def connect_udp(
@@ -97,6 +101,7 @@ async def connect_udp(
     family: int = socket.AF_UNSPEC,
     recv_buffer_size: int | None = None,
     send_buffer_size: int | None = None,
+    network: MemoryNetwork | None = None,
 ) -> DatagramClient[SendT, RecvT]: ...
 async def connect_udp(
     host: str,
@@ -107,6 +112,7 @@ async def connect_udp(
     family: int = socket.AF_UNSPEC,
     recv_buffer_size: int | None = None,
     send_buffer_size: int | None = None,
+    network: MemoryNetwork | None = None,
 ) -> DatagramClient[Any, Any]:
     """Open a UDP socket connected to ``host``:``port``.
 
@@ -121,16 +127,25 @@ async def connect_udp(
         family: ``AF_INET`` or ``AF_INET6`` to restrict the addresses tried.
         recv_buffer_size: ``SO_RCVBUF`` to request, in bytes.
         send_buffer_size: ``SO_SNDBUF`` to request, in bytes.
+        network: An :class:`anydgram.testing.MemoryNetwork` to open the client on instead
+            of a socket (:meth:`~anydgram.testing.MemoryNetwork.connect_udp`): ``host`` must
+            then be an IP address literal, ``local_address`` is refused and the buffer sizes
+            do not apply. ``None``: a real socket.
 
     Raises:
         TypeError: ``host`` or ``port`` has the wrong type.
-        ValueError: ``port`` is out of range.
+        ValueError: ``port`` is out of range (or, with ``network``, ``host`` is not an IP
+            address literal or ``local_address`` was given).
         OSError: The name does not resolve (:exc:`socket.gaierror`), or no address could be
             connected; the message names each address tried and ``__cause__`` is an
             :exc:`ExceptionGroup` of the individual errors.
     """
     check_host(host)
     check_port(port)
+    if network is not None:
+        if local_address is not None:
+            raise ValueError("local_address is not supported on a MemoryNetwork")
+        return await network.connect_udp(host, port, protocol=protocol)
     infos = await anyio.getaddrinfo(host, port, family=family, type=socket.SOCK_DGRAM)
     sock = connect_first(
         infos,
@@ -200,6 +215,7 @@ async def open_udp_endpoint(
     broadcast: bool = False,
     recv_buffer_size: int | None = None,
     send_buffer_size: int | None = None,
+    network: MemoryNetwork | None = None,
 ) -> DatagramEndpoint[bytes, bytes]: ...
 @overload
 async def open_udp_endpoint(
@@ -212,6 +228,7 @@ async def open_udp_endpoint(
     broadcast: bool = False,
     recv_buffer_size: int | None = None,
     send_buffer_size: int | None = None,
+    network: MemoryNetwork | None = None,
 ) -> DatagramEndpoint[SendT, RecvT]: ...
 async def open_udp_endpoint(
     host: str | None = None,
@@ -223,6 +240,7 @@ async def open_udp_endpoint(
     broadcast: bool = False,
     recv_buffer_size: int | None = None,
     send_buffer_size: int | None = None,
+    network: MemoryNetwork | None = None,
 ) -> DatagramEndpoint[Any, Any]:
     """Open a UDP socket bound to ``host``:``port`` that can talk to any peer.
 
@@ -237,14 +255,21 @@ async def open_udp_endpoint(
         broadcast: Set ``SO_BROADCAST``, allowing sends to broadcast addresses.
         recv_buffer_size: ``SO_RCVBUF`` to request, in bytes.
         send_buffer_size: ``SO_SNDBUF`` to request, in bytes.
+        network: An :class:`anydgram.testing.MemoryNetwork` to bind on instead of a socket
+            (:meth:`~anydgram.testing.MemoryNetwork.open_udp_endpoint`): ``host`` must then
+            be an IP address literal or ``None``; ``reuse_port``, ``broadcast`` and the
+            buffer sizes do not apply. ``None``: a real socket.
 
     Raises:
         TypeError: An argument has the wrong type.
-        ValueError: ``port`` is out of range, or ``family`` is not an IP family.
+        ValueError: ``port`` is out of range, or ``family`` is not an IP family (or, with
+            ``network``, ``host`` is not an IP address literal).
         OSError: The name does not resolve, or no address could be bound (message and
             ``__cause__`` as for :func:`connect_udp`).
     """
     host, family = check_bind_arguments(host, port, family, reuse_port=reuse_port)
+    if network is not None:
+        return await network.open_udp_endpoint(host, port, protocol=protocol)
     infos = await anyio.getaddrinfo(
         host, port, family=family, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE
     )
