@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 import socket
 import time
+import tracemalloc
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,7 @@ import pytest
 
 from anydgram import DatagramProtocol, DatagramTooLargeError
 from anydgram._request import (
+    MAX_BACKOFF_WAIT,
     PendingRequest,
     RequestTable,
     attempt_timeouts,
@@ -71,20 +73,44 @@ async def async_harness(request: pytest.FixtureRequest) -> AsyncGenerator[Harnes
 
 
 def test_attempt_timeouts_grow_exponentially_with_jitter() -> None:
-    timeouts = attempt_timeouts(0.1, 5, 2.0, rng=random.Random(7))
-    assert len(timeouts) == 5
+    timeouts = list(attempt_timeouts(0.1, 5, 2.0, rng=random.Random(7)))
+    assert len(attempt_timeouts(0.1, 5, 2.0)) == len(timeouts) == 5
     for i, value in enumerate(timeouts):
         base = 0.1 * 2.0**i
         assert base <= value <= base * 1.25
-    assert timeouts == attempt_timeouts(0.1, 5, 2.0, rng=random.Random(7))
-    assert timeouts != attempt_timeouts(0.1, 5, 2.0, rng=random.Random(8))
+    assert timeouts == list(attempt_timeouts(0.1, 5, 2.0, rng=random.Random(7)))
+    assert timeouts != list(attempt_timeouts(0.1, 5, 2.0, rng=random.Random(8)))
     # backoff=1 keeps every wait near the first one.
     assert all(1.0 <= t <= 1.25 for t in attempt_timeouts(1, 4, 1))
 
 
+def test_backoff_stops_growing_a_wait_at_an_hour() -> None:
+    # 2**1100 overflows a float: the schedule caps the wait instead of raising OverflowError.
+    waits = list(attempt_timeouts(1.0, 1100, 2.0))
+    assert len(waits) == 1100
+    assert all(MAX_BACKOFF_WAIT <= wait <= MAX_BACKOFF_WAIT * 1.25 for wait in waits[12:])
+    assert all(wait <= MAX_BACKOFF_WAIT * 1.25 for wait in waits)
+    # Huge factors and a first wait over the cap: the wait never grows, and is never cut.
+    assert all(5000 <= w <= 6250 for w in attempt_timeouts(5000, 4, 1e308))
+    assert all(w <= MAX_BACKOFF_WAIT * 1.25 for w in attempt_timeouts(1e-300, 5, 1e308))
+
+
+def test_many_attempts_cost_nothing_up_front() -> None:
+    tracemalloc.start()
+    try:
+        schedule = attempt_timeouts(0.1, 3_000_000, 2.0)
+        first = next(iter(schedule))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(schedule) == 3_000_000
+    assert 0.1 <= first <= 0.125
+    assert peak < 64 * 1024  # a list of the waits would take about 96 MB
+
+
 def test_jitter_spreads_over_the_whole_range() -> None:
     rng = random.Random(1)
-    factors = [attempt_timeouts(1.0, 1, 2.0, rng=rng)[0] for _ in range(2000)]
+    factors = [next(iter(attempt_timeouts(1.0, 1, 2.0, rng=rng))) for _ in range(2000)]
     assert min(factors) < 1.01
     assert max(factors) > 1.24
 
@@ -295,6 +321,17 @@ async def test_client_request_round_trip(harness: Harness) -> None:
     assert server.received == [b"1", b"2"]
     stats = client.statistics()
     assert (stats.datagrams_sent, stats.datagrams_received, stats.unmatched_replies) == (2, 2, 0)
+
+
+async def test_request_with_a_huge_number_of_attempts(harness: Harness) -> None:
+    peer = harness.peer()
+    client = await harness.client(peer)
+    async with anyio.create_task_group() as tg:
+        await start(tg, Server(peer))
+        with anyio.fail_after(5):
+            assert await client.request(b"1", attempts=1100, backoff=2) == b"R1"
+            assert await client.request(b"2", attempts=3_000_000) == b"R2"
+        tg.cancel_scope.cancel()
 
 
 async def test_endpoint_request_considers_only_its_address(harness: Harness) -> None:

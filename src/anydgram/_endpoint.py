@@ -21,6 +21,7 @@ from ._protocol import DatagramProtocol, RecvT, SendT, default_protocol
 from ._request import (
     BUSY_ACTION,
     AsyncRequests,
+    AttemptSchedule,
     Match,
     attempt_timeouts,
     check_match,
@@ -162,7 +163,7 @@ class _BaseEndpoint(TypedAttributeProvider, Generic[SendT, RecvT]):
         packet: SendT,
         address: Address,
         key: Any,
-        timeouts: list[float],
+        timeouts: AttemptSchedule,
         match: Match | None,
     ) -> RecvT:
         datagram = self._protocol.make_datagram(packet)
@@ -383,7 +384,9 @@ class DatagramClient(_BaseEndpoint[SendT, RecvT]):
             packet: What to send.
             timeout: The first attempt's wait, in seconds.
             attempts: How many times to send ``packet``.
-            backoff: The factor by which each attempt's wait grows.
+            backoff: The factor by which each attempt's wait grows, until it reaches an
+                hour (a longer ``timeout`` is not grown); each wait is computed when its
+                attempt starts.
             match: Decides whether a received packet is this call's reply. If it raises, the
                 call raises that error.
 
@@ -533,7 +536,9 @@ class DatagramEndpoint(_BaseEndpoint[SendT, RecvT]):
             address: Where to send it, and whose reply to wait for.
             timeout: The first attempt's wait, in seconds.
             attempts: How many times to send ``packet``.
-            backoff: The factor by which each attempt's wait grows.
+            backoff: The factor by which each attempt's wait grows, until it reaches an
+                hour (a longer ``timeout`` is not grown); each wait is computed when its
+                attempt starts.
             match: Decides whether a packet from ``address`` is this call's reply. If it
                 raises, the call raises that error.
 

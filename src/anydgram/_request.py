@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = (
     "AsyncRequests",
+    "AttemptSchedule",
     "PendingRequest",
     "RequestTable",
     "ThreadedRequests",
@@ -68,18 +69,61 @@ def _check_number(name: str, value: object) -> float:
     return result
 
 
+#: Backoff stops growing an attempt's wait once it reaches this many seconds (an hour); a
+#: first wait (``timeout``) longer than that is kept as it is and not grown.
+MAX_BACKOFF_WAIT: Final = 3600.0
+
+
+class AttemptSchedule:
+    """How long each attempt of a ``request()`` waits for its reply, in seconds.
+
+    Iterating computes each wait when its attempt starts, so a call with many attempts costs
+    nothing up front; ``len()`` is the number of attempts.
+    """
+
+    __slots__ = ("_attempts", "_backoff", "_timeout", "_uniform")
+
+    def __init__(
+        self,
+        timeout: float,
+        attempts: int,
+        backoff: float,
+        uniform: Callable[[float, float], float],
+    ) -> None:
+        self._timeout = timeout
+        self._attempts = attempts
+        self._backoff = backoff
+        self._uniform = uniform
+
+    def __len__(self) -> int:
+        return self._attempts
+
+    def __iter__(self) -> Iterator[float]:
+        wait = self._timeout
+        cap = max(wait, MAX_BACKOFF_WAIT)
+        backoff = self._backoff
+        uniform = self._uniform
+        for _ in range(self._attempts):
+            yield wait * uniform(*_JITTER)
+            if wait < cap:
+                # A float product overflows to inf, never raises; min() brings it back.
+                wait = min(wait * backoff, cap)
+
+
 def attempt_timeouts(
     timeout: float,
     attempts: int,
     backoff: float,
     *,
     rng: random.Random | None = None,
-) -> list[float]:
+) -> AttemptSchedule:
     """How long each attempt of a ``request()`` waits for its reply, in seconds.
 
-    Attempt *i* (from 0) waits ``timeout * backoff**i * U(1, 1.25)``: exponential backoff with
-    jitter. Here ``timeout`` is per attempt, the one stated exception to the rule that a
-    ``timeout`` keyword is a total budget.
+    Attempt *i* (from 0) waits ``min(timeout * backoff**i, cap) * U(1, 1.25)``: exponential
+    backoff with jitter, where ``cap`` is :data:`MAX_BACKOFF_WAIT` (an hour) or ``timeout``
+    if that is longer. Here ``timeout`` is per attempt, the one stated exception to the rule
+    that a ``timeout`` keyword is a total budget. Each wait is computed when its attempt
+    starts.
 
     Args:
         timeout: The first attempt's wait before jitter; positive.
@@ -101,8 +145,9 @@ def attempt_timeouts(
         raise ValueError(f"attempts must be at least 1, got {attempts!r}")
     if backoff < 1:
         raise ValueError(f"backoff must be at least 1, got {backoff!r}")
-    uniform = (DEFAULT_RNG if rng is None else rng).uniform
-    return [timeout * backoff**i * uniform(*_JITTER) for i in range(attempts)]
+    return AttemptSchedule(
+        timeout, attempts, backoff, (DEFAULT_RNG if rng is None else rng).uniform
+    )
 
 
 def check_match(match: object) -> None:
@@ -304,7 +349,7 @@ class AsyncRequests(Generic[RecvT]):
         datagram: bytes,
         address: Any,
         key: Hashable,
-        timeouts: list[float],
+        timeouts: AttemptSchedule,
         match: Match | None,
     ) -> RecvT:
         """Send ``datagram`` on the schedule ``timeouts`` until a reply is routed to this call.
@@ -433,7 +478,7 @@ class ThreadedRequests(Generic[RecvT]):
         datagram: bytes,
         address: Any,
         key: Hashable,
-        timeouts: list[float],
+        timeouts: AttemptSchedule,
         match: Match | None,
     ) -> RecvT:
         """Send ``datagram`` on the schedule ``timeouts`` until a reply is routed to this call.

@@ -24,6 +24,7 @@ from ._open_endpoint import check_host, check_port, connect_first
 from ._protocol import DatagramProtocol, RecvT, SendT, default_protocol
 from ._request import (
     BUSY_ACTION,
+    AttemptSchedule,
     Match,
     ThreadedRequests,
     attempt_timeouts,
@@ -196,7 +197,7 @@ class _SyncBase(Generic[SendT, RecvT]):
         packet: SendT,
         address: Address,
         key: Any,
-        timeouts: list[float],
+        timeouts: AttemptSchedule,
         match: Match | None,
     ) -> RecvT:
         datagram = self._protocol.make_datagram(packet)
@@ -402,7 +403,9 @@ class SyncDatagramClient(_SyncBase[SendT, RecvT]):
             packet: What to send.
             timeout: The first attempt's wait, in seconds.
             attempts: How many times to send ``packet``.
-            backoff: The factor by which each attempt's wait grows.
+            backoff: The factor by which each attempt's wait grows, until it reaches an
+                hour (a longer ``timeout`` is not grown); each wait is computed when its
+                attempt starts.
             match: Decides whether a received packet is this call's reply. If it raises, the
                 call raises that error.
 

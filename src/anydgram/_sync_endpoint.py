@@ -220,7 +220,9 @@ class SyncDatagramEndpoint(_SyncBase[SendT, RecvT]):
             address: Where to send it, and whose reply to wait for.
             timeout: The first attempt's wait, in seconds.
             attempts: How many times to send ``packet``.
-            backoff: The factor by which each attempt's wait grows.
+            backoff: The factor by which each attempt's wait grows, until it reaches an
+                hour (a longer ``timeout`` is not grown); each wait is computed when its
+                attempt starts.
             match: Decides whether a packet from ``address`` is this call's reply. If it
                 raises, the call raises that error.
 

@@ -47,6 +47,9 @@ _MAX_BATCH: Final = 64
 
 _BUSY_ACTION: Final = "waiting for a request() reply on"
 
+#: The longest single ``poll()`` wait, in milliseconds (a day); longer waits poll again.
+_MAX_POLL_MS: Final = 86_400_000
+
 
 def deadline_after(timeout: float | None) -> float | None:
     """The ``time.monotonic()`` deadline ``timeout`` seconds from now (``None``: no deadline).
@@ -236,7 +239,8 @@ class ThreadedSocketIO:
             if remaining <= 0:
                 raise TimeoutError("timed out")
             # Rounded up: a wait that ends just before the deadline would spin once more.
-            timeout_ms = math.ceil(remaining * 1000)
+            # Capped (poll() takes a C int): a wait that ends early just loops once more.
+            timeout_ms = min(math.ceil(remaining * 1000), _MAX_POLL_MS)
         poller = select.poll()
         poller.register(self._fd, events)
         poller.register(self._waker.fd, select.POLLIN)
