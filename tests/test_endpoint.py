@@ -16,6 +16,7 @@ import random
 import socket
 import time
 from collections.abc import AsyncGenerator
+from typing import Any
 
 import anyio
 import pytest
@@ -592,3 +593,32 @@ async def test_close_leaves_a_path_rebound_by_someone_else(tmp_path: pathlib.Pat
     endpoint = await anydgram.open_unix_datagram_endpoint(path)
     await endpoint.aclose()
     assert not path.exists()
+
+
+# -- multicast: a missing interface is a ValueError (nothing is joined, nothing is sent) ------
+
+
+def _missing_interface_index() -> int:
+    return max(index for index, _ in socket.if_nameindex()) + 1000
+
+
+def _join_with_missing_interfaces(endpoint: Any, family: int) -> None:
+    group = "239.255.42.99" if family == socket.AF_INET else "ff15::4299"
+    missing: list[str | int] = [_missing_interface_index(), "anydgram-no-such-if0"]
+    if family == socket.AF_INET:
+        missing.append("192.0.2.77")  # TEST-NET-1: no interface here has it
+    for interface in missing:
+        with pytest.raises(ValueError, match=r"no such network interface|unknown") as info:
+            endpoint.join_multicast_group(group, interface)
+        cause = info.value.__cause__
+        if cause is not None:
+            assert isinstance(cause, OSError)
+            assert cause.errno == errno.ENODEV
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+async def test_joining_on_a_missing_interface_is_a_value_error(host: str) -> None:
+    async with await anydgram.open_udp_endpoint(host) as endpoint:
+        _join_with_missing_interfaces(endpoint, endpoint.socket.family)
+    with anydgram.SyncDatagramEndpoint(host) as sync_endpoint:
+        _join_with_missing_interfaces(sync_endpoint, sync_endpoint.socket.family)

@@ -211,6 +211,40 @@ def test_allow_list() -> None:
     assert limiter.limited == 1
 
 
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "::ffff:127.0.0.0/104",
+        "::ffff:127.0.0.1",
+        ipaddress.IPv6Network("::ffff:7f00:0/104"),
+        ipaddress.IPv6Address("::ffff:127.0.0.1"),
+    ],
+)
+def test_allow_entries_in_ipv4_mapped_form_match_mapped_sources(entry: Any) -> None:
+    config = RateLimit(1, 1, allow=[entry])
+    assert all(isinstance(network, ipaddress.IPv4Network) for network in config.allow)
+    limiter = RateLimiter(config)
+    # A dual-stack socket sees an IPv4 client as ::ffff:127.0.0.1: keyed as IPv4.
+    mapped = source_key(("::ffff:127.0.0.1", 1, 0, 0))
+    assert all(limiter.admit(mapped, 0.0) for _ in range(100))
+    assert all(limiter.admit(source_key(("127.0.0.1", 1)), 0.0) for _ in range(100))
+    outside = source_key(("::ffff:10.0.0.1", 1, 0, 0))
+    assert limiter.admit(outside, 0.0)
+    assert not limiter.admit(outside, 0.0)
+    assert limiter.limited == 1
+
+
+def test_an_ipv6_network_holding_every_mapped_address_allows_ipv4_sources() -> None:
+    limiter = RateLimiter(RateLimit(1, 1, allow=["::/0"]))
+    for source in [("192.0.2.1", 1), ("::ffff:192.0.2.1", 1, 0, 0), ("2001:db8::1", 1, 0, 0)]:
+        assert all(limiter.admit(source_key(source), 0.0) for _ in range(10))
+    assert limiter.limited == 0
+    # A network beside the mapped range leaves IPv4 sources limited.
+    narrow = RateLimiter(RateLimit(1, 1, allow=["2001:db8::/32"]))
+    assert narrow.admit(source_key(("192.0.2.1", 1)), 0.0)
+    assert not narrow.admit(source_key(("192.0.2.1", 1)), 0.0)
+
+
 def test_log_only_counts_the_same() -> None:
     enforcing = RateLimiter(RateLimit(5, 2))
     logging_only = RateLimiter(RateLimit(5, 2, log_only=True))

@@ -16,7 +16,7 @@ from anyio import TypedAttributeProvider
 from anyio.abc import SocketAttribute
 
 from ._errors import DatagramProtocolParseError
-from ._multicast import membership_option
+from ._multicast import set_membership
 from ._protocol import DatagramProtocol, RecvT, SendT, default_protocol
 from ._request import (
     BUSY_ACTION,
@@ -572,11 +572,12 @@ class DatagramEndpoint(_BaseEndpoint[SendT, RecvT]):
 
         Raises:
             TypeError: ``group`` or ``interface`` has the wrong type.
-            ValueError: ``group`` is not a multicast address of this endpoint's family, or the
-                interface is unknown.
+            ValueError: ``group`` is not a multicast address of this endpoint's family, or no
+                network interface has the given name, index or address (chained from the
+                kernel's ``OSError`` where the kernel found that out).
             anyio.ClosedResourceError: The endpoint is closed.
-            OSError: The kernel refused (for instance an IPv4 address that belongs to no
-                interface).
+            OSError: The kernel refused for another reason (for instance, no route for
+                multicast when ``interface`` is ``None``).
         """
         self._set_membership(group, interface, join=True)
 
@@ -592,5 +593,4 @@ class DatagramEndpoint(_BaseEndpoint[SendT, RecvT]):
     def _set_membership(self, group: str, interface: str | int | None, *, join: bool) -> None:
         if self._io.closed:
             raise anyio.ClosedResourceError
-        sock = self._io.sock
-        sock.setsockopt(*membership_option(sock.family, group, interface, join=join))
+        set_membership(self._io.sock, group, interface, join=join)

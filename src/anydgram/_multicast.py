@@ -6,11 +6,12 @@ every check happens before any system call that could change the socket.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import socket
 import struct
 
-__all__ = ("membership_option",)
+__all__ = ("membership_option", "set_membership")
 
 
 def membership_option(
@@ -67,3 +68,24 @@ def membership_option(
     value = struct.pack("=16sI", address.packed, interface or 0)
     option = socket.IPV6_JOIN_GROUP if join else socket.IPV6_LEAVE_GROUP
     return socket.IPPROTO_IPV6, option, value
+
+
+def set_membership(
+    sock: socket.socket, group: str, interface: str | int | None, *, join: bool
+) -> None:
+    """Join (or leave) ``group`` on ``sock``.
+
+    Raises:
+        TypeError: ``group`` or ``interface`` has the wrong type.
+        ValueError: ``group`` is not a multicast address of the socket's family, or no
+            network interface has the given name, index or (IPv4) address (the kernel's
+            ``ENODEV`` is the ``__cause__``).
+        OSError: The kernel refused for another reason.
+    """
+    level, option, value = membership_option(sock.family, group, interface, join=join)
+    try:
+        sock.setsockopt(level, option, value)
+    except OSError as exc:
+        if exc.errno == errno.ENODEV and interface is not None:
+            raise ValueError(f"no such network interface: {interface!r}") from exc
+        raise

@@ -91,7 +91,10 @@ class RateLimit:
         log_only: Drop nothing; only count in ``rate_limited`` (and log) what would have been
             dropped. To try a limit out on live traffic.
         allow: IP networks exempt from the limit, as strings (``"10.0.0.0/8"``, ``"::1"``) or
-            :mod:`ipaddress` network or address objects.
+            :mod:`ipaddress` network or address objects. An entry in IPv4-mapped form
+            (``"::ffff:10.0.0.0/104"``) is kept as the IPv4 network it maps (``10.0.0.0/8``),
+            since such sources are keyed as IPv4; an IPv6 network that contains the whole
+            mapped range (``"::/0"``) also allows every IPv4 source.
 
     Raises:
         TypeError: An argument has the wrong type.
@@ -128,16 +131,17 @@ class RateLimit:
         networks: list[IPNetwork] = []
         for item in allow:
             if isinstance(item, ipaddress.IPv4Network | ipaddress.IPv6Network):
-                networks.append(item)
+                network: IPNetwork = item
             elif isinstance(item, str | ipaddress.IPv4Address | ipaddress.IPv6Address):  # pyright: ignore[reportUnnecessaryIsInstance]
                 try:
-                    networks.append(ipaddress.ip_network(item))
+                    network = ipaddress.ip_network(item)
                 except ValueError as exc:
                     raise ValueError(f"allow: not an IP network: {item!r} ({exc})") from None
             else:
                 raise TypeError(
                     f"allow entries must be str or ipaddress networks, not {type(item).__name__}"
                 )
+            networks.extend(_as_source_networks(network))
         set_ = object.__setattr__
         set_(self, "rate", rate)
         set_(self, "burst", burst)
@@ -151,6 +155,26 @@ class RateLimit:
             f"max_sources={self.max_sources!r}, log_only={self.log_only!r}, "
             f"allow={tuple(str(n) for n in self.allow)!r})"
         )
+
+
+#: IPv4-mapped IPv6 addresses (``::ffff:a.b.c.d``): sources there are keyed as IPv4.
+_MAPPED: Final = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
+def _as_source_networks(network: IPNetwork) -> list[IPNetwork]:
+    """``network`` as :func:`source_key` sees its sources.
+
+    A source in IPv4-mapped form is keyed as the IPv4 address, so an ``allow`` entry written
+    that way (``"::ffff:10.0.0.0/104"``) becomes the IPv4 network (``10.0.0.0/8``), and an
+    IPv6 network that contains the whole mapped range (``"::/0"``) also allows every IPv4
+    source.
+    """
+    if isinstance(network, ipaddress.IPv4Network) or not network.overlaps(_MAPPED):
+        return [network]
+    if network.prefixlen >= _MAPPED.prefixlen:
+        start = int(network.network_address) & 0xFFFFFFFF
+        return [ipaddress.IPv4Network((start, network.prefixlen - _MAPPED.prefixlen))]
+    return [network, ipaddress.IPv4Network("0.0.0.0/0")]
 
 
 def _is_allowed(key: Any, allow: tuple[IPNetwork, ...]) -> bool:

@@ -14,7 +14,7 @@ from typing import Any, TypeVar, overload
 import anyio
 
 from ._endpoint import Address, _check_datagram_socket, _is_connected
-from ._multicast import membership_option
+from ._multicast import set_membership
 from ._open_endpoint import bind_first, check_bind_arguments
 from ._protocol import DatagramProtocol, RecvT, SendT
 from ._request import attempt_timeouts, check_match, destination_key, key_from_addrinfo
@@ -251,8 +251,9 @@ class SyncDatagramEndpoint(_SyncBase[SendT, RecvT]):
 
         Raises:
             TypeError: ``group`` or ``interface`` has the wrong type.
-            ValueError: ``group`` is not a multicast address of this endpoint's family, or the
-                interface is unknown.
+            ValueError: ``group`` is not a multicast address of this endpoint's family, or no
+                network interface has the given name, index or address (chained from the
+                kernel's ``OSError`` where the kernel found that out).
             anyio.ClosedResourceError: The endpoint is closed.
             OSError: The kernel refused.
         """
@@ -272,5 +273,4 @@ class SyncDatagramEndpoint(_SyncBase[SendT, RecvT]):
     def _set_membership(self, group: str, interface: str | int | None, *, join: bool) -> None:
         if self._io.closed:
             raise anyio.ClosedResourceError
-        sock = self._io.sock
-        sock.setsockopt(*membership_option(sock.family, group, interface, join=join))
+        set_membership(self._io.sock, group, interface, join=join)
