@@ -14,7 +14,10 @@ import errno
 import gc
 import os
 import random
+import signal
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -540,3 +543,55 @@ def test_generic_parameters_follow_the_protocol() -> None:
     with SyncDatagramEndpoint("127.0.0.1", protocol=json_protocol) as endpoint:
         assert_type(endpoint, SyncDatagramEndpoint[list[int], list[int]])
         assert_type(endpoint.iter_received_packets(), Iterator[tuple[list[int], Any]])
+
+
+# -- close() from a signal handler ---------------------------------------------------------------
+
+_SIGNAL_CLOSE = """
+import signal, socket, sys
+import anyio
+from anydgram import SyncDatagramClient, SyncDatagramEndpoint
+
+kind = sys.argv[1]
+peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+peer.bind(("127.0.0.1", 0))  # never answers
+if kind == "endpoint":
+    target = SyncDatagramEndpoint("127.0.0.1")
+else:
+    target = SyncDatagramClient(*peer.getsockname())
+port = target.local_address[1]
+signal.signal(signal.SIGALRM, lambda *args: target.close())
+signal.setitimer(signal.ITIMER_REAL, 0.05)
+try:
+    if kind == "endpoint":
+        target.recv_packet(timeout=30)
+    elif kind == "client":
+        target.recv_packet(timeout=30)
+    else:
+        target.request(b"ping", timeout=30, attempts=1)
+except anyio.ClosedResourceError:
+    print("woken")
+assert target.closed
+# The socket was released as the interrupted call left: the port is free again.
+again = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+again.bind(("127.0.0.1", port))
+print("released")
+"""
+
+
+@pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="needs signal.setitimer")
+@pytest.mark.parametrize("kind", ["endpoint", "client", "request"])
+def test_close_from_a_signal_handler_wakes_the_interrupted_call(kind: str) -> None:
+    # In a child process: before the fix this deadlocked, which must not hang the test run.
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", _SIGNAL_CLOSE, kind],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("close() in a signal handler deadlocked")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["woken", "released"]

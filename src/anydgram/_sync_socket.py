@@ -111,12 +111,16 @@ class _Waker:
 class _Side:
     """One direction's lock, the threads inside it, and its counters."""
 
-    __slots__ = ("datagrams", "errors", "icmp", "idle", "lock", "nbytes", "users")
+    __slots__ = ("datagrams", "errors", "icmp", "left", "lock", "nbytes", "threads", "users")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.users = 0
-        self.idle = threading.Event()
+        #: How many of ``users`` each thread (by ident) is: a signal handler's ``close()`` runs
+        #: on a thread that may itself be inside a call, and must not wait for itself.
+        self.threads: dict[int, int] = {}
+        #: Notified (once the endpoint is closed) whenever a user leaves.
+        self.left = threading.Condition(self.lock)
         self.datagrams = 0
         self.nbytes = 0
         #: ``oversize`` for receiving, ``send_errors`` for sending.
@@ -142,6 +146,7 @@ class ThreadedSocketIO:
         "_max_datagram_size",
         "_peer",
         "_recv",
+        "_release_pending",
         "_released",
         "_send",
         "_unlink_path",
@@ -172,6 +177,7 @@ class ThreadedSocketIO:
         self._waker = _Waker()
         self._closed = False
         self._released = False
+        self._release_pending = False
         self._close_lock = threading.Lock()
         self._recv = _Side()
         self._send = _Side()
@@ -224,6 +230,26 @@ class ThreadedSocketIO:
             if self._closed:
                 raise anyio.ClosedResourceError
             side.users += 1
+            ident = threading.get_ident()
+            side.threads[ident] = side.threads.get(ident, 0) + 1
+
+    def _leave_locked(self, side: _Side) -> bool:
+        """Count the current thread out of ``side`` (its lock held); whether to release now.
+
+        ``True`` when a :meth:`close` left the release to the last user and none is left on
+        this side (:meth:`_release_deferred` checks the other).
+        """
+        side.users -= 1
+        ident = threading.get_ident()
+        count = side.threads[ident] - 1
+        if count:
+            side.threads[ident] = count
+        else:
+            del side.threads[ident]
+        if not self._closed:
+            return False
+        side.left.notify_all()
+        return self._release_pending and not side.users
 
     def _wait(self, events: int, deadline: float | None) -> None:
         """Wait until the socket reports ``events``, the endpoint closes or ``deadline`` passes.
@@ -312,9 +338,9 @@ class ThreadedSocketIO:
                 side.nbytes += nbytes
                 side.errors += oversize
                 side.icmp += icmp
-                side.users -= 1
-                if self._closed and not side.users:
-                    side.idle.set()
+                release = self._leave_locked(side)
+            if release:
+                self._release_deferred()
 
     def drop_waiting(self, limit: int) -> int:
         """Take and discard up to ``limit`` datagrams already waiting; how many were taken.
@@ -348,9 +374,9 @@ class ThreadedSocketIO:
                 side.nbytes += nbytes
                 side.errors += oversize
                 side.icmp += icmp
-                side.users -= 1
-                if self._closed and not side.users:
-                    side.idle.set()
+                release = self._leave_locked(side)
+            if release:
+                self._release_deferred()
 
     def _recv_error(self, exc: OSError) -> int:
         """Translate a receive error; returns how many ICMP errors it accounted for."""
@@ -420,9 +446,9 @@ class ThreadedSocketIO:
                     side.nbytes += len(data)
                 side.icmp += counts[0]
                 side.errors += counts[1]
-                side.users -= 1
-                if self._closed and not side.users:
-                    side.idle.set()
+                release = self._leave_locked(side)
+            if release:
+                self._release_deferred()
 
     def _send_once(self, data: bytes, address: Any, counts: list[int]) -> bool:
         """One send attempt; ``False`` if the kernel would block. Errors as for :meth:`send`."""
@@ -464,24 +490,51 @@ class ThreadedSocketIO:
     def close(self) -> None:
         """Close the socket; threads blocked on it get :exc:`anyio.ClosedResourceError` at once.
 
-        Returns once every thread has left its socket call and the socket is closed, so its
-        port or path can be bound again. Closing twice (or from two threads) is fine.
+        Returns once every other thread has left its socket call and the socket is closed, so
+        its port or path can be bound again. Closing twice (or from two threads) is fine.
+
+        Called on a thread that is itself inside a call on this socket (a signal handler that
+        interrupted a blocked receive, say), it wakes that call instead of waiting for it:
+        the call raises :exc:`anyio.ClosedResourceError` when the handler returns, and the
+        socket is closed as that call leaves.
         """
         with self._close_lock:
             if self._released:
                 return
             self._closed = True
             self._waker.wake()
+            ident = threading.get_ident()
+            mine = False
             for side in (self._recv, self._send):
                 with side.lock:
-                    busy = side.users > 0
-                if busy:
-                    side.idle.wait()  # they are awake already and leave without waiting again
-            self._released = True
-            try:
-                self.sock.close()
-            finally:
-                self._waker.close()
-                path = self._unlink_path
-                if path is not None:
-                    path.remove()
+                    own = side.threads.get(ident, 0)
+                    # Other threads are awake already and leave without waiting again.
+                    while side.users > own:
+                        side.left.wait()
+                    mine = mine or own > 0
+            if mine:
+                self._release_pending = True  # the last user to leave releases
+                return
+            self._release()
+
+    def _release_deferred(self) -> None:
+        """Release the socket for a :meth:`close` that could not, once no user is left."""
+        with self._close_lock:
+            if self._released or not self._release_pending:
+                return
+            for side in (self._recv, self._send):
+                with side.lock:
+                    if side.users:
+                        return  # that user releases when it leaves
+            self._release()
+
+    def _release(self) -> None:
+        """Close the file descriptors and remove the socket file (``_close_lock`` held)."""
+        self._released = True
+        try:
+            self.sock.close()
+        finally:
+            self._waker.close()
+            path = self._unlink_path
+            if path is not None:
+                path.remove()
