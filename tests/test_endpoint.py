@@ -622,3 +622,24 @@ async def test_joining_on_a_missing_interface_is_a_value_error(host: str) -> Non
         _join_with_missing_interfaces(endpoint, endpoint.socket.family)
     with anydgram.SyncDatagramEndpoint(host) as sync_endpoint:
         _join_with_missing_interfaces(sync_endpoint, sync_endpoint.socket.family)
+
+
+# -- datagrams still waiting at close are counted, not lost from the books ------------------
+
+
+async def test_datagrams_waiting_at_close_are_counted(harness: Harness) -> None:
+    peer = harness.peer()
+    endpoint = await harness.endpoint()
+    client = await harness.client(peer)
+    for i in range(6):
+        await peer.send(b"e%d" % i, endpoint.local_address)
+        await peer.send(b"c%d" % i, client.local_address)
+    with anyio.fail_after(5):
+        assert (await endpoint.recv_packet())[0] == b"e0"
+        assert await client.recv_packet() == b"c0"
+    assert endpoint.statistics().unread_at_close == 0  # open: nothing counted yet
+    await endpoint.aclose()
+    await client.aclose()
+    await endpoint.aclose()  # closing again counts nothing twice
+    for stats in (endpoint.statistics(), client.statistics()):
+        assert (stats.datagrams_received, stats.unread_at_close) == (1, 5)

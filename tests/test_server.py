@@ -598,6 +598,42 @@ async def test_send_packet_without_a_socket_of_the_family() -> None:
 # -- shutdown ----------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(("where", "sent"), [("sockets", 100), ("memory", 1000)])
+async def test_every_datagram_sent_is_counted_when_a_handler_never_returns(
+    where: str, sent: int
+) -> None:
+    started = anyio.Event()
+
+    async def stuck(request: BytesRequest) -> None:
+        del request
+        started.set()
+        await anyio.sleep_forever()
+
+    net = MemoryNetwork() if where == "memory" else None
+    server = DatagramServer("127.0.0.1", 0, stuck, max_concurrent_handlers=1, network=net)
+    async with anyio.create_task_group() as tg, peers() as (peer,):
+        addresses = await tg.start(server.serve_forever)
+        if net is None:
+            for i in range(sent):
+                await peer.send(b"%d" % i, addresses[0])
+        else:
+            async with await net.connect_udp(*addresses[0][:2]) as client:
+                for i in range(sent):
+                    await client.send_packet(b"%d" % i)
+        with anyio.fail_after(5):
+            await started.wait()
+            await server.shutdown(grace_period=0.2)
+    stats = server.statistics()
+    assert stats.handlers_cancelled == 1
+    assert stats.unread_at_close > 0
+    assert (
+        stats.datagrams_received + stats.kernel_drops + stats.oversize + (stats.unread_at_close)
+        == sent
+    )
+    if net is not None:
+        assert stats.kernel_drops == net.statistics().dropped_full_queue > 0
+
+
 async def test_shutdown_lets_handlers_finish_within_the_grace_period() -> None:
     fds_before = open_fds()
     cancelled = 0

@@ -136,6 +136,7 @@ class _BaseEndpoint(TypedAttributeProvider, Generic[SendT, RecvT]):
             icmp_errors=io.icmp_errors,
             unmatched_replies=self._unmatched_replies,
             kernel_drops=io.kernel_drops(),
+            unread_at_close=io.unread_at_close,
             recv_buffer_size=recv_buffer_size,
             send_buffer_size=send_buffer_size,
         )

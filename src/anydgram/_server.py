@@ -505,6 +505,7 @@ class DatagramServer(Generic[SendT, RecvT]):
             icmp_errors=sum(t.icmp_errors for t in transports),
             unmatched_replies=0,
             kernel_drops=kernel_drops,
+            unread_at_close=sum(t.unread_at_close for t in transports),
             recv_buffer_size=recv_buffer_size,
             send_buffer_size=send_buffer_size,
             handler_errors=self._handler_errors,

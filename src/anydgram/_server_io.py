@@ -128,6 +128,11 @@ class ServerTransport(Protocol):
         """Datagrams dropped before they were received (0 where unknown)."""
         ...
 
+    @property
+    def unread_at_close(self) -> int:
+        """Datagrams still waiting to be read when the transport closed (0 while open)."""
+        ...
+
     def buffer_sizes(self) -> tuple[int, int]:
         """The receive and send buffer sizes, in bytes (0, 0 where unknown)."""
         ...

@@ -128,6 +128,32 @@ def set_recverr(sock: socket.socket) -> None:
         pass
 
 
+#: At most this many datagrams are drained (and counted in ``unread_at_close``) when a socket
+#: closes; a receive buffer holds far fewer, so the bound only matters if a sender keeps up.
+MAX_DRAIN_AT_CLOSE: Final = 1 << 16
+
+
+def drain_unread(sock: socket.socket, limit: int = MAX_DRAIN_AT_CLOSE) -> int:
+    """Take and discard the datagrams waiting in ``sock``'s receive buffer, without blocking.
+
+    Returns how many there were (at most ``limit``). Each is read truncated to one byte: only
+    the count matters. Queued errors (ICMP) are skipped, not counted.
+    """
+    count = errors = 0
+    while count < limit and errors < limit:
+        try:
+            sock.recv(1, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            break
+        except OSError as exc:
+            if exc.errno in _ICMP_ERRNOS:
+                errors += 1
+                continue
+            break
+        count += 1
+    return count
+
+
 def read_kernel_drops(sock: socket.socket) -> int:
     """The kernel's count of datagrams it dropped for ``sock`` (``SO_MEMINFO``), 0 where unknown."""
     if not _IS_LINUX:
@@ -276,6 +302,7 @@ class SocketIO:
         "oversize",
         "send_errors",
         "sock",
+        "unread_at_close",
     )
 
     def __init__(
@@ -327,6 +354,8 @@ class SocketIO:
         self.oversize = 0
         self.send_errors = 0
         self.icmp_errors = 0
+        #: Datagrams still waiting in the receive buffer when the socket closed.
+        self.unread_at_close = 0
 
     # -- state -----------------------------------------------------------------------------
 
@@ -631,8 +660,14 @@ class SocketIO:
         if self._closed:
             return
         self._closed = True
+        self._count_unread()
         self.sock.close()
         self._unlink()
+
+    def _count_unread(self) -> None:
+        """Drain what waits in the receive buffer into ``unread_at_close`` (just before close)."""
+        with contextlib.suppress(OSError):  # the socket is unusable already: nothing to count
+            self.unread_at_close += drain_unread(self.sock)
 
     async def aclose(self) -> None:
         """Close the socket; tasks waiting on it get :exc:`anyio.ClosedResourceError` at once.
@@ -646,6 +681,7 @@ class SocketIO:
         try:
             anyio.notify_closing(self.sock)
         finally:
+            self._count_unread()
             self.sock.close()
             self._unlink()
         await anyio.lowlevel.cancel_shielded_checkpoint()

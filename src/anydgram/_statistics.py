@@ -14,7 +14,8 @@ class EndpointStatistics:
     Every datagram the endpoint took from the kernel is in exactly one of
     ``datagrams_received`` and ``oversize``. Of the received ones, those it could not deliver
     are also in exactly one of ``parse_errors`` and ``unmatched_replies``. Datagrams the kernel
-    dropped before the endpoint read them are in ``kernel_drops``.
+    dropped before the endpoint read them are in ``kernel_drops``, and those still waiting in
+    the receive buffer when the endpoint closed are in ``unread_at_close``.
 
     Attributes:
         datagrams_received: Datagrams taken from the kernel, ``oversize`` ones excluded.
@@ -29,6 +30,8 @@ class EndpointStatistics:
         unmatched_replies: Datagrams ``request()`` received that no pending call claimed.
         kernel_drops: Datagrams the kernel dropped for this socket (``SO_MEMINFO``, Linux;
             0 elsewhere), read when ``statistics()`` is called.
+        unread_at_close: Datagrams still waiting in the receive buffer when the endpoint
+            closed, drained (without blocking, at most 65,536) and counted; 0 while open.
         recv_buffer_size: The receive buffer size the kernel granted, in bytes.
         send_buffer_size: The send buffer size the kernel granted, in bytes.
     """
@@ -43,6 +46,7 @@ class EndpointStatistics:
     icmp_errors: int
     unmatched_replies: int
     kernel_drops: int
+    unread_at_close: int
     recv_buffer_size: int
     send_buffer_size: int
 
@@ -56,7 +60,10 @@ class ServerStatistics:
     received ones, those no handler saw are in exactly one of ``parse_errors`` (unless a
     ``parse_error_handler`` took them), ``rate_limited`` (unless in log-only mode) and
     ``requests_abandoned``. Datagrams the kernel dropped before the server read them are in
-    ``kernel_drops``. After the server stops, the counters keep their last values.
+    ``kernel_drops``, and those still waiting when the server closed its sockets are in
+    ``unread_at_close``, so every datagram sent to the server is in exactly one of
+    ``datagrams_received``, ``kernel_drops``, ``oversize`` and ``unread_at_close``. After the
+    server stops, the counters keep their last values.
 
     Attributes:
         datagrams_received: Datagrams taken from the kernel, ``oversize`` ones excluded.
@@ -72,6 +79,9 @@ class ServerStatistics:
         unmatched_replies: Always 0 for a server; kept so every statistics class has it.
         kernel_drops: Datagrams the kernel dropped for the server's sockets (``SO_MEMINFO``,
             Linux; 0 elsewhere).
+        unread_at_close: Datagrams still waiting in the sockets' receive buffers when the
+            server closed them (a handler that never returned, say), drained without blocking
+            (at most 65,536 a socket) and counted; 0 while the server runs.
         recv_buffer_size: The receive buffer sizes the kernel granted, summed, in bytes.
         send_buffer_size: The send buffer sizes the kernel granted, summed, in bytes.
         handler_errors: Handler calls (and ``parse_error_handler`` calls) that raised.
@@ -99,6 +109,7 @@ class ServerStatistics:
     icmp_errors: int
     unmatched_replies: int
     kernel_drops: int
+    unread_at_close: int
     recv_buffer_size: int
     send_buffer_size: int
     handler_errors: int

@@ -35,6 +35,7 @@ from ._socket_io import (
     _UNIX_BACKOFF_FIRST,  # pyright: ignore[reportPrivateUsage]
     _UNIX_BACKOFF_MAX,  # pyright: ignore[reportPrivateUsage]
     BoundPath,
+    drain_unread,
     normalize_address,
     read_kernel_drops,
 )
@@ -150,6 +151,7 @@ class ThreadedSocketIO:
         "_released",
         "_send",
         "_unlink_path",
+        "_unread_at_close",
         "_waker",
         "sock",
     )
@@ -178,6 +180,7 @@ class ThreadedSocketIO:
         self._closed = False
         self._released = False
         self._release_pending = False
+        self._unread_at_close = 0
         self._close_lock = threading.Lock()
         self._recv = _Side()
         self._send = _Side()
@@ -205,6 +208,7 @@ class ThreadedSocketIO:
             "bytes_sent": send.nbytes,
             "send_errors": send.errors,
             "icmp_errors": recv.icmp + send.icmp,
+            "unread_at_close": self._unread_at_close,
         }
 
     def kernel_drops(self) -> int:
@@ -532,6 +536,8 @@ class ThreadedSocketIO:
         """Close the file descriptors and remove the socket file (``_close_lock`` held)."""
         self._released = True
         try:
+            with contextlib.suppress(OSError):
+                self._unread_at_close += drain_unread(self.sock)
             self.sock.close()
         finally:
             self._waker.close()

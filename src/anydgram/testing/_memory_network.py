@@ -353,6 +353,8 @@ class _MemorySocketIO(SocketIO):
         if self._closed:
             return
         self._closed = True
+        # Queued and not read (delayed ones too): the memory network's receive buffer.
+        self.unread_at_close += len(self._queue)
         self._queue.clear()
         self._network._unbind(self)
         self._wake()
