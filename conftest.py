@@ -67,12 +67,12 @@ def _fixture_function(value: Any) -> Callable[[], Any]:
     raise TypeError(f"cannot call the fixture {value!r}")
 
 
-def _run_tests(namespace: dict[str, Any], seen: set[str]) -> None:
+def _run_tests(namespace: dict[str, Any], seen: set[Any]) -> None:
     """Call the ``test_*`` functions a block just defined, as pytest with anyio would."""
     for name, value in list(namespace.items()):
-        if not name.startswith("test_") or name in seen or not callable(value):
+        if not name.startswith("test_") or value in seen or not callable(value):
             continue
-        seen.add(name)
+        seen.add(value)  # a later block that redefines the name defines a new test
         if inspect.signature(value).parameters:
             raise TypeError(f"docs test {name}() takes arguments: the docs runner has no fixtures")
         if inspect.iscoroutinefunction(value):
@@ -100,7 +100,7 @@ class _Runner:
             assert evaluate is not None
 
             def evaluator(example: Example, evaluate: Any = evaluate) -> str | None:
-                seen: set[str] = example.namespace.setdefault("__docs_tests_seen__", set())
+                seen: set[Any] = example.namespace.setdefault("__docs_tests_seen__", set())
                 with mock.patch.object(anyio, "run", run_everywhere):
                     result: str | None = evaluate(example)
                     if not result:

@@ -7,13 +7,18 @@ mode, as first-contact code must be. Both checks skip when the tool is not insta
 
 from __future__ import annotations
 
+import asyncio
+import importlib.util
 import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import pytest
+import sniffio
 from sybil import Document
 from sybil.parsers.markdown import PythonCodeBlockParser
 
@@ -33,6 +38,50 @@ def test_the_extractor_finds_the_blocks_sybil_runs() -> None:
         assert ours == theirs, document
         total += len(ours)
     assert total > 10
+
+
+def _docs_runner() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("docs_runner", ROOT / "conftest.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _where() -> tuple[str, str]:
+    library = sniffio.current_async_library()
+    if library == "asyncio":
+        return library, type(asyncio.get_running_loop()).__module__.split(".")[0]
+    return library, ""
+
+
+def test_docs_anyio_run_runs_main_on_every_backend() -> None:
+    seen: list[tuple[str, str]] = []
+
+    async def main() -> None:
+        seen.append(_where())
+
+    _docs_runner().run_everywhere(main)
+    expected = [("asyncio", "asyncio")]
+    if sys.platform != "win32":
+        expected.append(("asyncio", "uvloop"))
+    assert seen == [*expected, ("trio", "")]
+
+
+def test_docs_tests_are_called_and_their_failures_name_the_backend() -> None:
+    runner = _docs_runner()
+    calls: list[tuple[str, str]] = []
+
+    async def test_fails_on_trio() -> None:
+        calls.append(_where())
+        assert sniffio.current_async_library() != "trio"
+
+    namespace: dict[str, Any] = {"test_fails_on_trio": test_fails_on_trio}
+    with pytest.raises(AssertionError) as caught:
+        runner._run_tests(namespace, set())
+    assert calls[-1] == ("trio", "")
+    assert "(docs test: on backend trio)" in (caught.value.__notes__ or [])
 
 
 def _extracted(tmp_path: Path) -> Path:
