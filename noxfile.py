@@ -10,7 +10,7 @@ import nox
 nox.options.default_venv_backend = "venv"
 nox.options.sessions = ["tests", "lint", "typecheck", "docs"]
 
-LINT_PATHS = ["src", "tests", "benchmarks", "examples", "noxfile.py", "docs/conf.py"]
+LINT_PATHS = ["src", "tests", "benchmarks", "examples", "noxfile.py", "docs/conf.py", "conftest.py"]
 
 
 @nox.session
