@@ -10,7 +10,7 @@ import nox
 nox.options.default_venv_backend = "venv"
 nox.options.sessions = ["tests", "lint", "typecheck", "docs"]
 
-LINT_PATHS = ["src", "tests", "benchmarks", "examples", "noxfile.py", "docs/conf.py"]
+LINT_PATHS = ["src", "tests", "benchmarks", "examples", "noxfile.py", "docs/conf.py", "conftest.py"]
 
 
 @nox.session
@@ -31,10 +31,11 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    """Type-check the package and the tests with mypy --strict and pyright."""
+    """Type-check the package, the tests and the docs' code with mypy --strict and pyright."""
     session.install("-e", ".[test,dev]")
-    session.run("mypy", "--strict", "src", "tests", "examples")
-    session.run("pyright", "src", "tests", "examples")
+    session.run("python", "tests/docs_blocks.py", "docs/_build/blocks")
+    session.run("mypy", "--strict", "src", "tests", "examples", "docs/_build/blocks")
+    session.run("pyright", "src", "tests", "examples", "docs/_build/blocks")
 
 
 @nox.session

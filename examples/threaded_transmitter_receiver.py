@@ -136,6 +136,7 @@ def run_both(host: str, port: int, messages: Iterator[str], timeout: float) -> i
     receiver.start()
     try:
         address = receiver.endpoint.local_address
+        assert isinstance(address, tuple)  # a UDP endpoint: (host, port)
         print(f"listening on {format_address(address)}", flush=True)
         return transmit(address[0], address[1], messages, timeout)
     finally:

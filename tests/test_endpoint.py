@@ -491,7 +491,9 @@ async def test_typed_attributes(async_harness: Harness) -> None:
     assert client.extra(anyio.abc.SocketAttribute.family) == proxy.family
     if harness.is_udp:
         assert client.extra(anyio.abc.SocketAttribute.remote_port) == peer.address[1]
-        assert client.extra(anyio.abc.SocketAttribute.local_port) == client.local_address[1]
+        local = client.local_address
+        assert isinstance(local, tuple)
+        assert client.extra(anyio.abc.SocketAttribute.local_port) == local[1]
 
 
 async def test_buffer_sizes_are_reported(socket_harness: Harness) -> None:

@@ -282,6 +282,7 @@ async def test_rate_limit_per_source(log_only: bool) -> None:
 
     async def handler(request: BytesRequest) -> None:
         await request.respond(b"ok")
+        assert isinstance(request.address, tuple)
         handled[request.address[0]] += 1
 
     def all_handled() -> bool:

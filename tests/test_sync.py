@@ -31,7 +31,7 @@ import anyio
 import pytest
 
 import anydgram
-from anydgram import DatagramProtocol, SyncDatagramClient, SyncDatagramEndpoint
+from anydgram import Address, DatagramProtocol, SyncDatagramClient, SyncDatagramEndpoint
 from anydgram.serializers import JSONSerializer
 
 #: No test thread may outlive this; every loop checks it.
@@ -278,6 +278,7 @@ def test_close_wakes_a_blocked_receiver_at_once() -> None:
 def test_close_wakes_a_blocked_endpoint_and_frees_the_port() -> None:
     endpoint = SyncDatagramEndpoint("127.0.0.1")
     address = endpoint.local_address
+    assert isinstance(address, tuple)
     with blocked_in_thread(endpoint.recv_packet) as outcome:
         closed_at = time.monotonic()
         endpoint.close()
@@ -456,17 +457,21 @@ def test_all_addresses_failed_names_each_one() -> None:
 
 
 def test_endpoint_options_and_wildcards() -> None:
+    def ip(address: Address) -> tuple[str, int] | tuple[str, int, int, int]:
+        assert isinstance(address, tuple)
+        return address
+
     with SyncDatagramEndpoint() as wildcard:
-        assert wildcard.local_address[0] == "0.0.0.0"
+        assert ip(wildcard.local_address)[0] == "0.0.0.0"
     with SyncDatagramEndpoint(family=socket.AF_INET6) as wildcard6:
-        assert wildcard6.local_address[0] == "::"
+        assert ip(wildcard6.local_address)[0] == "::"
     with SyncDatagramEndpoint("127.0.0.1", reuse_port=True, broadcast=True) as first:
-        port = first.local_address[1]
+        port = ip(first.local_address)[1]
         assert first.socket.getsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST)
         with SyncDatagramEndpoint("127.0.0.1", port, reuse_port=True) as second:
             assert second.local_address == first.local_address
     with SyncDatagramEndpoint("localhost", family=socket.AF_INET) as named:
-        assert named.local_address[0] == "127.0.0.1"
+        assert ip(named.local_address)[0] == "127.0.0.1"
 
 
 def test_state_repr_and_statistics_after_close() -> None:
@@ -542,7 +547,7 @@ def test_generic_parameters_follow_the_protocol() -> None:
             assert echo == [1, 2]  # the echo, parsed
     with SyncDatagramEndpoint("127.0.0.1", protocol=json_protocol) as endpoint:
         assert_type(endpoint, SyncDatagramEndpoint[list[int], list[int]])
-        assert_type(endpoint.iter_received_packets(), Iterator[tuple[list[int], Any]])
+        assert_type(endpoint.iter_received_packets(), Iterator[tuple[list[int], Address]])
 
 
 # -- close() from a signal handler ---------------------------------------------------------------

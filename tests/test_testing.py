@@ -93,7 +93,10 @@ async def test_endpoint_and_client_round_trip() -> None:
 async def test_ipv6_and_port_zero() -> None:
     net = MemoryNetwork()
     async with await net.open_udp_endpoint("::1") as a, await net.open_udp_endpoint("::1") as b:
-        assert a.local_address[1] != b.local_address[1] != 0
+        a_address, b_address = a.local_address, b.local_address
+        assert isinstance(a_address, tuple)
+        assert isinstance(b_address, tuple)
+        assert a_address[1] != b_address[1] != 0
         await a.send_packet(b"x", b.local_address)
         assert await b.recv_packet() == (b"x", a.local_address)
 

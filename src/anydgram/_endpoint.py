@@ -9,7 +9,7 @@ from __future__ import annotations
 import socket
 from collections.abc import AsyncGenerator, Callable, Mapping
 from types import TracebackType
-from typing import Any, Generic, NoReturn, Self, TypeAlias, TypeVar, overload
+from typing import Any, Generic, NoReturn, Self, TypeAlias, TypeVar, cast, overload
 
 import anyio
 from anyio import TypedAttributeProvider
@@ -36,7 +36,7 @@ __all__ = ("Address", "DatagramClient", "DatagramEndpoint")
 #: A peer's address: a tuple as the :mod:`socket` module gives it for IP (``(host, port)`` or
 #: ``(host, port, flowinfo, scope_id)``), a ``str`` path for Unix sockets (abstract names start
 #: with ``"\0"``), or ``None`` for an unbound Unix peer.
-Address: TypeAlias = Any
+Address: TypeAlias = tuple[str, int] | tuple[str, int, int, int] | str | None
 
 _S = TypeVar("_S")
 _R = TypeVar("_R")
@@ -101,7 +101,7 @@ class _BaseEndpoint(TypedAttributeProvider, Generic[SendT, RecvT]):
         """
         if self._io.closed:
             raise anyio.ClosedResourceError
-        return normalize_address(self._io.sock.family, self._io.sock.getsockname())
+        return cast(Address, normalize_address(self._io.sock.family, self._io.sock.getsockname()))
 
     @property
     def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
@@ -113,7 +113,7 @@ class _BaseEndpoint(TypedAttributeProvider, Generic[SendT, RecvT]):
             SocketAttribute.raw_socket: lambda: sock,
         }
         if sock.family in _IP_FAMILIES:
-            attributes[SocketAttribute.local_port] = lambda: self.local_address[1]
+            attributes[SocketAttribute.local_port] = lambda: sock.getsockname()[1]
         peer = self._io.peer
         if peer is not None:
             attributes[SocketAttribute.remote_address] = lambda: peer
@@ -299,7 +299,7 @@ class DatagramClient(_BaseEndpoint[SendT, RecvT]):
     @property
     def remote_address(self) -> Address:
         """The peer's address."""
-        return self._io.peer
+        return cast(Address, self._io.peer)
 
     async def send_packet(self, packet: SendT) -> None:
         """Send ``packet`` to the peer as one datagram.
@@ -557,6 +557,7 @@ class DatagramEndpoint(_BaseEndpoint[SendT, RecvT]):
         family = self._io.sock.family
         resolved = destination_key(family, address)
         if resolved is None:
+            assert isinstance(address, tuple)  # only an IP (host, port) is ever resolved
             infos = await anyio.getaddrinfo(
                 address[0], address[1], family=family, type=socket.SOCK_DGRAM
             )

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from types import TracebackType
-from typing import Any, Generic, Self, TypeVar, overload
+from typing import Any, Generic, Self, TypeVar, cast, overload
 
 import anyio
 
@@ -120,7 +120,7 @@ class _SyncBase(Generic[SendT, RecvT]):
             raise
         if self._io.closed:
             raise anyio.ClosedResourceError
-        return normalize_address(sock.family, name)
+        return cast(Address, normalize_address(sock.family, name))
 
     def statistics(self) -> EndpointStatistics:
         """A snapshot of the counters; ``kernel_drops`` and buffer sizes are read now."""
@@ -322,7 +322,7 @@ class SyncDatagramClient(_SyncBase[SendT, RecvT]):
     @property
     def remote_address(self) -> Address:
         """The peer's address."""
-        return self._io.peer
+        return cast(Address, self._io.peer)
 
     def send_packet(self, packet: SendT, *, timeout: float | None = None) -> None:
         """Send ``packet`` to the peer as one datagram.

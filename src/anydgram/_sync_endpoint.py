@@ -240,6 +240,7 @@ class SyncDatagramEndpoint(_SyncBase[SendT, RecvT]):
         family = self._io.sock.family
         resolved = destination_key(family, address)
         if resolved is None:
+            assert isinstance(address, tuple)  # only an IP (host, port) is ever resolved
             infos = getaddrinfo(address[0], address[1], family)
             resolved = key_from_addrinfo(family, infos)
         return self._request(packet, resolved[0], resolved[1], timeouts, match)

@@ -79,7 +79,9 @@ async def listen(options: ListenOptions, listener: _Listener) -> None:
         port = options.port
         for host in options.hosts:
             endpoints.append(await _open(host, port))
-            port = endpoints[0].local_address[1]
+            first = endpoints[0].local_address
+            assert isinstance(first, tuple)  # UDP: (host, port, ...)
+            port = first[1]
         where = ", ".join(format_address(endpoint.local_address) for endpoint in endpoints)
         echo = " (echoing)" if options.echo else ""
         write_line(f"Listening on {where}{echo}. Press Ctrl-C to stop.")
