@@ -378,8 +378,9 @@ async def test_module_factories_open_on_a_memory_network() -> None:
     server = await anydgram.open_udp_endpoint("127.0.0.1", 0, protocol=json, network=net)
     wildcard = await anydgram.open_udp_endpoint(port=0, network=net)
     async with server, wildcard:
-        host, port = server.local_address[:2]
-        client = await anydgram.connect_udp(host, port, protocol=json, network=net)
+        local = server.local_address
+        assert isinstance(local, tuple)
+        client = await anydgram.connect_udp(local[0], local[1], protocol=json, network=net)
         async with client:
             await client.send_packet({"n": 1})
             with anyio.fail_after(5):
@@ -389,6 +390,7 @@ async def test_module_factories_open_on_a_memory_network() -> None:
             await server.send_packet({"n": 2}, address)
             with anyio.fail_after(5):
                 assert await client.recv_packet() == {"n": 2}
+        assert isinstance(wildcard.local_address, tuple)
         assert wildcard.local_address[0] == "0.0.0.0"
         assert net.statistics().delivered == 2
 
