@@ -21,6 +21,14 @@ class ZlibSerializer(Serializer[SendT, RecvT], Generic[SendT, RecvT]):
     produced while finding that out. A small datagram cannot become a memory spike
     (a "zlib bomb"). A truncated stream or bytes after its end are rejected too.
 
+    Every datagram is inflated before the inner serializer sees it, so with
+    :class:`~anydgram.serializers.HMACSerializer` put the HMAC outside:
+    ``HMACSerializer(ZlibSerializer(inner), key)`` checks the tag on the datagram itself,
+    about 4 us for a forged 1 KB datagram, where ``ZlibSerializer(HMACSerializer(inner,
+    key))`` first inflates it (up to ``max_size``) and hashes the result, about 1.8 ms for
+    one that inflates to 1 MiB. Decoding costs grow with ``max_size``: keep it near your
+    largest packet.
+
     Args:
         inner: The serializer whose output is compressed.
         max_size: The largest decompressed payload accepted, in bytes.
