@@ -1229,6 +1229,35 @@ def test_cbor_refuses_keys_that_can_collide() -> None:
         serializer.deserialize(cbor2.dumps({(2**61 - 1) * k for k in range(1, 4)}))
 
 
+@FAST
+@given(
+    tail=st.text("abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=120),
+    dotted=st.booleans(),
+)
+def test_idna_check_refuses_only_what_the_codec_refuses(tail: str, dotted: bool) -> None:
+    label = b"xn--" + tail.encode()
+    data = b"example." + label + (b"." if dotted else b"")
+    try:
+        expected: str | None = data.decode("idna")
+    except UnicodeError:
+        expected = None
+    serializer = StringSerializer("idna")
+    try:
+        ours: str | None = serializer.deserialize(data)
+    except DeserializeError:
+        ours = None
+    assert ours == expected
+    if len(label) > 63:
+        assert expected is None
+
+
+def test_punycode_is_refused_past_1024_bytes() -> None:
+    serializer = StringSerializer("punycode")
+    assert serializer.deserialize(b"a" * 1023 + b"-") == "a" * 1023
+    with pytest.raises(DeserializeError, match="longer than the 1024 bytes"):
+        serializer.deserialize(b"a" * 1024 + b"-")
+
+
 _BIG = 60_000
 
 

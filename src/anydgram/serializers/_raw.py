@@ -13,8 +13,8 @@ __all__ = ("BytesSerializer", "StringSerializer")
 #: with the square of the input's length (130 ms for 64 KB).
 MAX_PUNYCODE_LENGTH = 1024
 #: The longest IDNA label with the ACE prefix ("xn--") that can decode: the codec checks that
-#: the rest re-encodes to what it was, and it encodes nothing longer than 63 bytes.
-_MAX_ACE_LABEL_LENGTH = 4 + 63
+#: the decoded label encodes back to the same bytes, and it encodes none longer than 63.
+_MAX_ACE_LABEL_LENGTH = 63
 
 
 def _check_idna(data: bytes) -> None:
