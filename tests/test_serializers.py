@@ -1283,7 +1283,11 @@ def _long_bad_inputs() -> list[Any]:
         pytest.param(JSONSerializer(use_orjson=False), b"1" * _BIG, id="json-stdlib-digits"),
         pytest.param(StringSerializer(), b"a" * _BIG + b"\xff", id="str-utf8"),
         pytest.param(StringSerializer("idna"), b"xn--" + b"a" * 60 + b"\xff" * _BIG, id="idna"),
+        pytest.param(
+            StringSerializer("utf-16"), b"\xff\xfe" + b"a\x00" * _BIG + b"\x00\xd8", id="utf16"
+        ),
         pytest.param(StructSerializer("!IHd"), bytes(_BIG), id="struct"),
+        pytest.param(PickleSerializer(key=KEY), bytes(_BIG), id="pickle"),
         pytest.param(
             ZlibSerializer(BytesSerializer()),
             zlib.compress(random.Random(0).randbytes(_BIG))[:-5],
