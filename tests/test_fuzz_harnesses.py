@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from anydgram import DatagramProtocol
+from anydgram import DatagramProtocol, DatagramProtocolParseError
 from anydgram.serializers import BytesSerializer, DeserializeError
 from fuzz import fuzz_serializers, fuzz_server_path, make_corpus
 
@@ -69,8 +69,29 @@ def test_every_seed_is_in_the_corpus(name: str) -> None:
 def test_every_serializer_seed_parses() -> None:
     for name, data in fuzz_serializers.seed_inputs().items():
         target = fuzz_serializers.TARGETS[data[0]]
-        target.protocol.build_packet_from_datagram(data[1:])  # raises if the seed is invalid
         assert name.startswith(f"{data[0]:02d}-{target.name}-")
+        if "-collide-" in name:
+            continue
+        target.protocol.build_packet_from_datagram(data[1:])  # raises if the seed is invalid
+
+
+def test_hash_collision_seeds_are_refused() -> None:
+    seeds = {
+        name: data for name, data in fuzz_serializers.seed_inputs().items() if "-collide-" in name
+    }
+    assert len(seeds) == 8
+    for name, data in seeds.items():
+        assert len(data) <= 4096, name  # the fuzzers' -max_len
+        target = fuzz_serializers.TARGETS[data[0]]
+        with pytest.raises(DatagramProtocolParseError, match=r"must be a|not allowed for map key"):
+            target.protocol.build_packet_from_datagram(data[1:])
+
+
+def test_colliding_pairs_collide() -> None:
+    pairs = fuzz_serializers.colliding_pairs(50)
+    assert len(set(pairs)) == 50
+    assert len({hash(pair) for pair in pairs}) == 1
+    assert all(0 <= number < fuzz_serializers.HASH_MODULUS for pair in pairs for number in pair)
 
 
 def test_make_corpus_writes_every_seed(tmp_path: Path) -> None:

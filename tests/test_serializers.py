@@ -17,6 +17,7 @@ import fractions
 import hmac
 import ipaddress
 import pickle
+import random
 import re
 import sys
 import time
@@ -93,7 +94,7 @@ msgpack_packets = _containers(
 )
 cbor_packets = _containers(
     st.none() | st.booleans() | st.integers() | finite_floats | short_text | st.binary(max_size=20),
-    short_text | st.integers(),
+    short_text | st.binary(max_size=10),
 )
 pickle_packets = st.recursive(
     st.none()
@@ -280,7 +281,7 @@ class TestCBORSerializer(SerializerConformance):
         b"\x00bytes",
         2**200,
         -(2**200),
-        {1: "one", "two": 2},
+        {b"one": 1, "two": 2},
         # The semantic tags the serializer still decodes.
         datetime.datetime(2024, 1, 2, 3, 4, 5, 678_000, tzinfo=datetime.UTC),
         datetime.date(2024, 1, 2),
@@ -288,7 +289,7 @@ class TestCBORSerializer(SerializerConformance):
         fractions.Fraction(-1, 3),
         ipaddress.ip_address("192.0.2.1"),
         ipaddress.ip_network("2001:db8::/32"),
-        {1, 2, 3},
+        {"a", b"b"},
         1 - 2j,
         cbor2.CBORTag(4000, "an unknown tag comes back as it is"),
     )
@@ -719,10 +720,15 @@ def test_cbor_details() -> None:
     # A kept semantic tag decodes to its Python type.
     assert serializer.deserialize(bytes.fromhex("c249010000000000000000")) == 2**64
     assert serializer.deserialize(bytes.fromhex("d9d9f701")) == 1  # self-described CBOR
-    # An unknown tag stays a CBORTag, also as a map key.
-    packet: dict[Any, Any] = {}
-    packet[cbor2.CBORTag(4000, "key")] = cbor2.CBORTag(4001, [1, 2])
+    # An unknown tag stays a CBORTag.
+    packet = {"key": cbor2.CBORTag(4001, [1, 2])}
     assert serializer.deserialize(serializer.serialize(packet)) == packet
+    # Map keys and set members must be strings: any other type can be made to collide.
+    for refused in ({1: "a"}, {(1, 2): 0}, {1, 2}, {2**70: 0}):
+        with pytest.raises(DeserializeError, match="must be a text string or byte string"):
+            serializer.deserialize(serializer.serialize(refused))
+    with pytest.raises(DeserializeError, match="must be a text string or byte string"):
+        serializer.deserialize(bytes.fromhex("a1d90fa0636b657901"))  # {4000("key"): 1}
 
 
 def _cbor_head(major: int, argument: int) -> bytes:
@@ -775,7 +781,7 @@ def test_cbor_refuses_shared_reference_bomb() -> None:
     "hex_data",
     [
         "d81c81d81d00",  # 28([29(0)]): a list that contains itself
-        "d81ca101d81d00",  # 28({1: 29(0)}): a map that contains itself
+        "d81ca16161d81d00",  # 28({"a": 29(0)}): a map that contains itself
         "d81c820102",  # 28([1, 2]): a shareable value, even one never referred to
         "d81d00",  # 29(0): a reference to nothing
     ],
@@ -1163,3 +1169,163 @@ def test_zlib_refuses_to_send_what_it_would_refuse_to_receive() -> None:
     assert serializer.deserialize(serializer.serialize(b"x" * 16)) == b"x" * 16
     with pytest.raises(ValueError, match="max_size=16"):
         serializer.serialize(b"x" * 17)
+
+
+# --- Bounded decode cost and short error messages -------------------------------------------
+
+#: The largest datagram the worst-case tests build (a UDP payload over IPv4, less a little).
+WORST_CASE_SIZE = 65502
+#: Generous: each of these decodes in a few milliseconds; before the fix they took 70-180 ms.
+WORST_CASE_CPU_SECONDS = 0.05
+
+
+def _worst_cases() -> list[Any]:
+    from fuzz.fuzz_serializers import hash_collision_datagrams
+
+    serializers = {"cbor": CBORSerializer(), "msgpack": MessagePackSerializer()}
+    cases = [
+        pytest.param(serializers[name], data, id=shape)
+        for shape, (name, data) in hash_collision_datagrams(WORST_CASE_SIZE).items()
+    ]
+    cases.append(
+        pytest.param(
+            HMACSerializer(CBORSerializer(), KEY),
+            HMACSerializer(BytesSerializer(), KEY).serialize(
+                hash_collision_datagrams(WORST_CASE_SIZE - 32)["cbor-bignum-set"][1]
+            ),
+            id="hmac-cbor-bignum-set",
+        )
+    )
+    cases.append(
+        pytest.param(
+            StringSerializer("idna"), b"xn--" + b"a" * (WORST_CASE_SIZE - 4), id="idna-label"
+        )
+    )
+    cases.append(pytest.param(StringSerializer("punycode"), b"a" * WORST_CASE_SIZE, id="punycode"))
+    return cases
+
+
+@pytest.mark.parametrize(("serializer", "data"), _worst_cases())
+def test_worst_case_decode_is_cheap(serializer: Serializer[Any, Any], data: bytes) -> None:
+    assert len(data) <= WORST_CASE_SIZE
+    best = float("inf")
+    for _ in range(3):  # the best of three CPU times: not a race against the wall clock
+        started = time.process_time()
+        with pytest.raises(DeserializeError):
+            serializer.deserialize(data)
+        best = min(best, time.process_time() - started)
+    assert best < WORST_CASE_CPU_SECONDS
+
+
+def test_cbor_refuses_keys_that_can_collide() -> None:
+    from fuzz.fuzz_serializers import colliding_pairs
+
+    serializer = CBORSerializer()
+    pairs = colliding_pairs(3)
+    assert len({hash(pair) for pair in pairs}) == 1
+    with pytest.raises(DeserializeError, match="map key must be a text string or byte string"):
+        serializer.deserialize(cbor2.dumps(dict.fromkeys(pairs, 0)))
+    with pytest.raises(DeserializeError, match="set element must be a text string or byte"):
+        serializer.deserialize(cbor2.dumps({(2**61 - 1) * k for k in range(1, 4)}))
+
+
+@FAST
+@given(
+    tail=st.text("abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=120),
+    dotted=st.booleans(),
+)
+def test_idna_check_refuses_only_what_the_codec_refuses(tail: str, dotted: bool) -> None:
+    label = b"xn--" + tail.encode()
+    data = b"example." + label + (b"." if dotted else b"")
+    try:
+        expected: str | None = data.decode("idna")
+    except UnicodeError:
+        expected = None
+    serializer = StringSerializer("idna")
+    try:
+        ours: str | None = serializer.deserialize(data)
+    except DeserializeError:
+        ours = None
+    assert ours == expected
+    if len(label) > 63:
+        assert expected is None
+
+
+def test_punycode_is_refused_past_1024_bytes() -> None:
+    serializer = StringSerializer("punycode")
+    assert serializer.deserialize(b"a" * 1023 + b"-") == "a" * 1023
+    with pytest.raises(DeserializeError, match="longer than the 1024 bytes"):
+        serializer.deserialize(b"a" * 1024 + b"-")
+
+
+_BIG = 60_000
+
+
+def _long_bad_inputs() -> list[Any]:
+    json_junk = b"[" + b"0," * (_BIG // 2) + b"0]x"
+    long_text = "a" * _BIG
+    return [
+        pytest.param(
+            MessagePackSerializer(),
+            MessagePackSerializer().serialize([long_text, 1]) + b"\xc1",
+            id="msgpack-object-then-junk",
+        ),
+        pytest.param(
+            MessagePackSerializer(), b"\x92\xda\xff\xff" + b"\xff" * _BIG, id="msgpack-bad-utf8"
+        ),
+        pytest.param(CBORSerializer(), cbor2.dumps([long_text]) + b"\xff", id="cbor-then-junk"),
+        pytest.param(CBORSerializer(), cbor2.dumps({long_text: 1, 1: 2}), id="cbor-int-key"),
+        pytest.param(
+            CBORSerializer(), b"\x7a\x00\x00\xea\x60" + b"\xff" * _BIG, id="cbor-bad-utf8"
+        ),
+        pytest.param(JSONSerializer(use_orjson=False), json_junk, id="json-stdlib"),
+        pytest.param(JSONSerializer(use_orjson=True), json_junk, id="json-orjson"),
+        pytest.param(JSONSerializer(use_orjson=False), b"1" * _BIG, id="json-stdlib-digits"),
+        pytest.param(StringSerializer(), b"a" * _BIG + b"\xff", id="str-utf8"),
+        pytest.param(StringSerializer("idna"), b"xn--" + b"a" * 60 + b"\xff" * _BIG, id="idna"),
+        pytest.param(
+            StringSerializer("utf-16"), b"\xff\xfe" + b"a\x00" * _BIG + b"\x00\xd8", id="utf16"
+        ),
+        pytest.param(StructSerializer("!IHd"), bytes(_BIG), id="struct"),
+        pytest.param(PickleSerializer(key=KEY), bytes(_BIG), id="pickle"),
+        pytest.param(
+            ZlibSerializer(BytesSerializer()),
+            zlib.compress(random.Random(0).randbytes(_BIG))[:-5],
+            id="zlib",
+        ),
+        pytest.param(Base64Serializer(BytesSerializer()), b"A" * _BIG + b"!", id="base64"),
+        pytest.param(HMACSerializer(BytesSerializer(), KEY), bytes(_BIG), id="hmac"),
+    ]
+
+
+@pytest.mark.parametrize(("serializer", "data"), _long_bad_inputs())
+def test_parse_error_messages_stay_short(serializer: Serializer[Any, Any], data: bytes) -> None:
+    assert len(data) >= _BIG
+    with pytest.raises(DeserializeError) as info:
+        serializer.deserialize(data)
+    assert 0 < len(str(info.value)) < 200
+    protocol = anydgram.DatagramProtocol(serializer)
+    with pytest.raises(anydgram.DatagramProtocolParseError) as parse_info:
+        protocol.build_packet_from_datagram(data)
+    assert 0 < len(str(parse_info.value)) < 200
+    assert parse_info.value.data == data
+
+
+class _Chatty:
+    def serialize(self, packet: bytes) -> bytes:
+        return packet
+
+    def deserialize(self, data: bytes) -> bytes:
+        raise DeserializeError(f"cannot parse {data!r}")
+
+
+def test_protocol_cuts_long_messages_from_any_serializer() -> None:
+    protocol = anydgram.DatagramProtocol(_Chatty())
+    data = b"x" * _BIG
+    with pytest.raises(anydgram.DatagramProtocolParseError) as info:
+        protocol.build_packet_from_datagram(data)
+    message = str(info.value)
+    assert message.startswith("cannot parse b'xxx")
+    assert message.endswith("...")
+    assert len(message) <= 200
+    assert info.value.data == data

@@ -10,6 +10,10 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 
 from ._errors import DatagramProtocolParseError, DatagramTooLargeError, DeserializeError
 
+#: The longest message a :class:`DatagramProtocolParseError` carries; a longer one from a
+#: serializer is cut. It ends up in logs, and the datagram is on ``.data`` already.
+_MAX_PARSE_ERROR_MESSAGE = 200
+
 if TYPE_CHECKING:
     from .serializers import Serializer
 
@@ -96,7 +100,8 @@ class DatagramProtocol(Generic[SendT, RecvT]):
         Raises:
             DatagramProtocolParseError: The serializer rejected the bytes, or they are longer
                 than :attr:`max_datagram_size`. ``.data`` holds the bytes, ``.__cause__`` the
-                serializer's :class:`~anydgram.DeserializeError`.
+                serializer's :class:`~anydgram.DeserializeError`. The message is the
+                serializer's, cut to 200 characters: it names the problem, never the data.
         """
         if len(data) > self._max_datagram_size:
             raise DatagramProtocolParseError(
@@ -107,7 +112,10 @@ class DatagramProtocol(Generic[SendT, RecvT]):
         try:
             return self._serializer.deserialize(data)
         except DeserializeError as exc:
-            raise DatagramProtocolParseError(str(exc) or "invalid datagram", data) from exc
+            message = str(exc) or "invalid datagram"
+            if len(message) > _MAX_PARSE_ERROR_MESSAGE:
+                message = message[: _MAX_PARSE_ERROR_MESSAGE - 3] + "..."
+            raise DatagramProtocolParseError(message, data) from exc
 
 
 _default_protocol: DatagramProtocol[bytes, bytes] | None = None

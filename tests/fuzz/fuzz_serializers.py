@@ -39,6 +39,7 @@ import importlib
 import os
 import shlex
 import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, cast
@@ -312,14 +313,135 @@ def test_one_input(data: bytes) -> None:
     _check_round_trip(target, datagram, packet)
 
 
+#: The modulus of CPython's numeric hash: ``hash(n) == n % HASH_MODULUS`` for ``n >= 0``.
+HASH_MODULUS = 2**61 - 1
+
+# The constants of CPython's tuple hash (an xxHash variant, Objects/tupleobject.c).
+_XX_PRIME_1 = 11400714785074694791
+_XX_PRIME_2 = 14029467366897019727
+_XX_PRIME_5 = 2870177450012600261
+_U64 = 2**64
+
+
+def _rotate_left(value: int, bits: int) -> int:
+    return ((value << bits) | (value >> (64 - bits))) % _U64
+
+
+def colliding_pairs(count: int, *, target: int = 0x5EED) -> list[tuple[int, int]]:
+    """``count`` pairs of integers below 2**61 whose tuples all hash to ``target``.
+
+    The tuple hash is invertible in its last element: for each first element there is one
+    hash value of the second that brings the tuple's hash to ``target``, and about a quarter
+    of those are below 2**61, where an integer is its own hash.
+    """
+    # The last steps are acc = rotl(acc + lane * P2, 31) * P1, then acc += len ^ (P5 ^ c):
+    # undo them from the target to find what acc + lane * P2 must be.
+    want = (target - (2 ^ (_XX_PRIME_5 ^ 3527539))) % _U64
+    want = want * pow(_XX_PRIME_1, -1, _U64) % _U64
+    want = ((want >> 31) | (want << 33)) % _U64
+    inverse_prime_2 = pow(_XX_PRIME_2, -1, _U64)
+    pairs: list[tuple[int, int]] = []
+    first = 0
+    while len(pairs) < count:
+        acc = _rotate_left((_XX_PRIME_5 + first * _XX_PRIME_2) % _U64, 31) * _XX_PRIME_1 % _U64
+        second = (want - acc) * inverse_prime_2 % _U64
+        if second < HASH_MODULUS:
+            pairs.append((first, second))
+        first += 1
+    return pairs
+
+
+def _cbor_head(major: int, argument: int) -> bytes:
+    if argument < 24:
+        return bytes([major << 5 | argument])
+    size = 1 if argument < 2**8 else 2 if argument < 2**16 else 4 if argument < 2**32 else 8
+    additional = {1: 24, 2: 25, 4: 26, 8: 27}[size]
+    return bytes([major << 5 | additional]) + argument.to_bytes(size, "big")
+
+
+def _cbor_bignum(value: int) -> bytes:
+    content = value.to_bytes((value.bit_length() + 7) // 8, "big")
+    return _cbor_head(6, 2) + _cbor_head(2, len(content)) + content
+
+
+def _msgpack_map_head(length: int) -> bytes:
+    return b"\xdf" + length.to_bytes(4, "big")
+
+
+def _fill(header: Callable[[int], bytes], items: Iterable[bytes], size: int) -> bytes:
+    """``header(n)`` followed by as many of the ``items`` as fit in ``size`` bytes."""
+    chosen: list[bytes] = []
+    total = len(header(2**16))  # the longest header these sizes need
+    for item in items:
+        if total + len(item) > size:
+            break
+        chosen.append(item)
+        total += len(item)
+    return header(len(chosen)) + b"".join(chosen)
+
+
+def hash_collision_datagrams(size: int) -> dict[str, tuple[str, bytes]]:
+    """The hash-collision family: containers whose keys all have one hash value.
+
+    Each entry is ``shape: (target name, datagram of at most size bytes)``. Decoded naively,
+    every new key is compared with all those before it, so the cost grows with the square of
+    their number: CBOR sets and maps of bignums ``k * HASH_MODULUS`` (all hash to 0) and CBOR
+    maps keyed by pairs of small integers from :func:`colliding_pairs`; MessagePack maps of
+    integer keys ``k * HASH_MODULUS`` below 2**64 (only eight collide) beside the same pairs
+    as keys. The serializers refuse them all: keys and set members must be strings.
+    """
+    count = size // 4
+    bignums = [_cbor_bignum((k + 1) * HASH_MODULUS) for k in range(count)]
+    pairs = colliding_pairs(size // 20 + 1)
+    cbor_pairs = [
+        _cbor_head(4, 2) + _cbor_head(0, a) + _cbor_head(0, b) + b"\x00" for a, b in pairs
+    ]
+    cbor_set = _fill(lambda n: _cbor_head(6, 258) + _cbor_head(4, n), bignums, size)
+    cbor_map = _fill(lambda n: _cbor_head(5, n), (item + b"\x00" for item in bignums), size)
+    cbor_pair_map = _fill(lambda n: _cbor_head(5, n), cbor_pairs, size)
+    msgpack_ints = [b"\xcf" + (k * HASH_MODULUS).to_bytes(8, "big") + b"\xc0" for k in range(1, 9)]
+    msgpack_pairs = [
+        b"\x92\xcf" + a.to_bytes(8, "big") + b"\xcf" + b.to_bytes(8, "big") + b"\xc0"
+        for a, b in pairs
+    ]
+    return {
+        "cbor-bignum-set": ("cbor", cbor_set),
+        "cbor-bignum-map": ("cbor", cbor_map),
+        "cbor-pair-map": ("cbor", cbor_pair_map),
+        "msgpack-int-map": ("msgpack", _fill(_msgpack_map_head, msgpack_ints, size)),
+        "msgpack-pair-map": ("msgpack", _fill(_msgpack_map_head, msgpack_pairs, size)),
+    }
+
+
 def seed_inputs() -> dict[str, bytes]:
-    """The seed corpus: each target's seed packets as fuzzer inputs, by file name."""
+    """The seed corpus: each target's seed packets as fuzzer inputs, by file name.
+
+    Besides the valid seeds (``NN-target-number``), the hash-collision family
+    (:func:`hash_collision_datagrams`, named ``NN-target-collide-shape``) as datagrams that
+    fit the fuzzers' ``-max_len``, alone and behind the HMAC target that holds CBOR.
+    """
     seeds: dict[str, bytes] = {}
     for index, target in enumerate(TARGETS):
         for number, packet in enumerate(target.seeds):
             datagram = target.protocol.make_datagram(packet)
             seeds[f"{index:02d}-{target.name}-{number}"] = bytes([index]) + datagram
+    indexes = {target.name: index for index, target in enumerate(TARGETS)}
+    for shape, (name, datagram) in hash_collision_datagrams(SEED_COLLISION_SIZE).items():
+        file_name = f"{indexes[name]:02d}-{name}-collide-{shape.removeprefix(name + '-')}"
+        seeds[file_name] = bytes([indexes[name]]) + datagram
+    # Behind HMAC: what a peer holding the key could send. The tag takes 32 bytes.
+    signer = HMACSerializer(BytesSerializer(), HMAC_KEY)
+    hmac_index = indexes["hmac-cbor"]
+    for shape, (name, datagram) in hash_collision_datagrams(SEED_COLLISION_SIZE - 32).items():
+        if name == "cbor":
+            signed = bytes([hmac_index]) + signer.serialize(datagram)
+            seeds[f"{hmac_index:02d}-hmac-cbor-collide-{shape.removeprefix('cbor-')}"] = signed
     return seeds
+
+
+#: The size of the hash-collision seeds: the fuzzers' ``-max_len`` (4096) less the byte
+#: that picks the target.
+SEED_COLLISION_SIZE = 4095
 
 
 if __name__ == "__main__":

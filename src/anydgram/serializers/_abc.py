@@ -6,7 +6,16 @@ import importlib
 from types import ModuleType
 from typing import Any, Protocol, TypeVar
 
-__all__ = ("RecvT", "RecvT_co", "SendT", "SendT_contra", "Serializer")
+__all__ = (
+    "MAX_REASON_LENGTH",
+    "RecvT",
+    "RecvT_co",
+    "SendT",
+    "SendT_contra",
+    "Serializer",
+    "clip",
+    "describe",
+)
 
 # A serializer only consumes what it sends and only produces what it receives, so the send
 # side is contravariant and the receive side covariant: a Serializer[object, bool] can stand
@@ -110,3 +119,25 @@ def require_int(value: object, name: str) -> None:
     """Raise :class:`TypeError` unless ``value`` is an :class:`int` (and not a :class:`bool`)."""
     if not isinstance(value, int) or isinstance(value, bool):
         raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+
+
+#: The longest text a :class:`~anydgram.DeserializeError` quotes from a decoder's exception.
+MAX_REASON_LENGTH = 120
+
+
+def clip(text: str, limit: int = MAX_REASON_LENGTH) -> str:
+    """Return ``text``, cut to at most ``limit`` characters (ending with ``...`` if cut)."""
+    if len(text) <= limit:
+        return text
+    return text[: limit - 3] + "..."
+
+
+def describe(exc: BaseException) -> str:
+    """A short account of why a decoder refused a datagram: its exception's type and message.
+
+    Decoders put parts of the input into their messages (msgpack the whole decoded object
+    before trailing bytes, cbor2 a duplicate key's repr), so the message is clipped to
+    :data:`MAX_REASON_LENGTH`: a 60 KB datagram must not become a 60 KB log line. The bytes
+    themselves stay on :attr:`anydgram.DatagramProtocolParseError.data`.
+    """
+    return f"{type(exc).__name__}: {clip(str(exc))}"

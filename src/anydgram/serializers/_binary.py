@@ -8,7 +8,7 @@ from types import MappingProxyType, ModuleType
 from typing import Any
 
 from .._errors import DeserializeError
-from ._abc import Serializer, import_optional
+from ._abc import Serializer, describe, import_optional
 
 __all__ = ("CBORSerializer", "MessagePackSerializer")
 
@@ -124,8 +124,9 @@ class MessagePackSerializer(Serializer[Any, Any]):
       a :class:`~anydgram.DeserializeError`);
     * tuples are sent as arrays and come back as lists;
     * map keys in received data must be ``str`` or :class:`bytes`, so ``{1: "a"}``
-      serializes but does not deserialize. This guards against maps of integer keys crafted
-      to collide in a dict;
+      serializes but does not deserialize. This guards against maps of keys crafted to
+      collide in a dict, whose cost grows with the square of their number; string hashes
+      are randomized per process, so no peer can make them collide;
     * container and string lengths are bounded by the size of the datagram, so a forged
       length header cannot make the decoder allocate more than the datagram justifies.
 
@@ -133,12 +134,13 @@ class MessagePackSerializer(Serializer[Any, Any]):
         ImportError: msgpack is not installed.
     """
 
-    __slots__ = ("_packb", "_unpackb")
+    __slots__ = ("_extra_data", "_packb", "_unpackb")
 
     def __init__(self) -> None:
         msgpack = import_optional("msgpack", owner=type(self).__name__, extra="msgpack")
         self._packb = msgpack.packb
         self._unpackb = msgpack.unpackb
+        self._extra_data: type[Exception] = msgpack.ExtraData
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -173,17 +175,23 @@ class MessagePackSerializer(Serializer[Any, Any]):
             DeserializeError: ``data`` is not exactly one valid MessagePack object.
         """
         try:
-            return self._unpackb(data, raw=False)
+            return self._unpackb(data, raw=False, strict_map_key=True)
         # msgpack reports bad input with a handful of classes (ExtraData, FormatError,
         # StackError, ValueError, UnicodeDecodeError, ...) that share no useful base.
         except Exception as exc:
-            raise DeserializeError(f"invalid MessagePack: {exc!r}") from exc
+            if isinstance(exc, self._extra_data):
+                # Its message is the repr of the whole object decoded before the extra bytes.
+                extra: bytes = getattr(exc, "extra", b"")
+                reason = f"{len(extra)} bytes after the first object"
+            else:
+                reason = describe(exc)
+            raise DeserializeError(f"invalid MessagePack: {reason}") from exc
 
 
 class CBORSerializer(Serializer[Any, Any]):
     """Sends `CBOR <https://cbor.io/>`_ values (RFC 8949), using the cbor2 library.
 
-    Needs the ``cbor`` extra (``pip install 'anydgram[cbor]'``), which installs cbor2 6 or
+    Needs the ``cbor`` extra (``pip install 'anydgram[cbor]'``), which installs cbor2 6.2 or
     later.
 
     Besides the JSON-like types, received data may hold :class:`bytes`, integers of any size
@@ -193,6 +201,15 @@ class CBORSerializer(Serializer[Any, Any]):
     skipped. Tuples come back as lists. Any other tag comes back as a ``cbor2.CBORTag``
     holding its decoded content. Nesting is limited to cbor2's default depth, and trailing
     bytes after the first data item are a :class:`~anydgram.DeserializeError`.
+
+    Map keys and set members in received data must be text or byte strings (cbor2's
+    ``strict_hashable_types``), so ``{1: "a"}`` serializes but does not deserialize, as with
+    :class:`MessagePackSerializer`. Any other key type lets a peer build keys with one hash
+    value, and a dict or set of them costs time that grows with the square of their number:
+    bignums ``k * (2**61 - 1)`` all hash to 0, and so do pairs of ordinary integers chosen
+    for it, or UUIDs, fractions and complex numbers. One such 64 KB datagram took 150 ms of
+    CPU to decode where an ordinary one takes 3 ms. String hashes are randomized per process,
+    so no peer can make them collide.
 
     These tags are refused with a :class:`~anydgram.DeserializeError`, so that what a peer
     sends decodes to a plain tree no larger than its datagram describes:
@@ -253,18 +270,21 @@ class CBORSerializer(Serializer[Any, Any]):
             The decoded value.
 
         Raises:
-            DeserializeError: ``data`` is not exactly one valid CBOR data item, or uses a
-                refused semantic tag.
+            DeserializeError: ``data`` is not exactly one valid CBOR data item, uses a
+                refused semantic tag, or has a map key or set member that is not a string.
         """
         # cbor2.loads() ignores bytes after the first item; decoding from a stream lets us
         # see how much was consumed.
         stream = io.BytesIO(data)
         try:
-            packet = self._decoder_class(stream, semantic_decoders=self._tag_policy).decode()
+            decoder = self._decoder_class(
+                stream, semantic_decoders=self._tag_policy, strict_hashable_types=True
+            )
+            packet = decoder.decode()
         # cbor2 6 wraps what the tag decoders raise in CBORDecodeError, but a broad catch
         # keeps the contract (DeserializeError and nothing else) whatever a version raises.
         except Exception as exc:
-            raise DeserializeError(f"invalid CBOR: {exc!r}") from exc
+            raise DeserializeError(f"invalid CBOR: {describe(exc)}") from exc
         if stream.tell() != len(data):
             raise DeserializeError(
                 f"invalid CBOR: {len(data) - stream.tell()} bytes after the first data item"

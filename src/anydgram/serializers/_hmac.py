@@ -77,6 +77,11 @@ class HMACSerializer(Serializer[SendT, RecvT], Generic[SendT, RecvT]):
     reaches the inner serializer, so the inner decoder only ever sees bytes made by someone
     holding the key. The tag is compared in constant time.
 
+    Make it the outermost wrapper. Around :class:`~anydgram.serializers.ZlibSerializer`, a
+    forged datagram costs one hash of its own bytes (about 4 us for 1 KB); inside it, every
+    datagram from anyone is inflated first, up to ``max_size``, and the inflated payload
+    hashed (about 1.8 ms for 1 KB that inflates to 1 MiB).
+
     This proves who made a datagram, not when: an attacker can still replay or reorder
     datagrams they captured. Include a sequence number or timestamp in your packets if that
     matters. The payload is not encrypted.

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .._errors import DeserializeError
-from ._abc import Serializer, import_optional, require_instance
+from ._abc import Serializer, clip, import_optional, require_instance
 
 __all__ = ("JSONSerializer",)
 
@@ -136,4 +136,4 @@ class JSONSerializer(Serializer[Any, Any]):
         # ValueError covers JSONDecodeError, UnicodeDecodeError and the int-digits limit;
         # RecursionError is how the standard library reports deep nesting.
         except (ValueError, RecursionError) as exc:
-            raise DeserializeError(f"invalid JSON: {exc}") from exc
+            raise DeserializeError(f"invalid JSON: {clip(str(exc))}") from exc

@@ -5,9 +5,35 @@ from __future__ import annotations
 import codecs
 
 from .._errors import DeserializeError
-from ._abc import Serializer, require_instance
+from ._abc import Serializer, clip, require_instance
 
 __all__ = ("BytesSerializer", "StringSerializer")
+
+#: The longest datagram the "punycode" codec is given: its decoder takes time that grows
+#: with the square of the input's length (130 ms for 64 KB).
+MAX_PUNYCODE_LENGTH = 1024
+#: The longest IDNA label with the ACE prefix ("xn--") that can decode: the codec checks that
+#: the decoded label encodes back to the same bytes, and it encodes none longer than 63.
+_MAX_ACE_LABEL_LENGTH = 63
+
+
+def _check_idna(data: bytes) -> None:
+    # The codec runs the quadratic punycode decoder on each "xn--" label before it finds
+    # out that a long one cannot round-trip; refusing those first changes no outcome.
+    for label in data.split(b"."):
+        if len(label) > _MAX_ACE_LABEL_LENGTH and label.startswith(b"xn--"):
+            raise DeserializeError(f"datagram is not valid idna: a {len(label)}-byte label")
+
+
+def _check_punycode(data: bytes) -> None:
+    if len(data) > MAX_PUNYCODE_LENGTH:
+        raise DeserializeError(
+            f"datagram of {len(data)} bytes is longer than the {MAX_PUNYCODE_LENGTH} bytes "
+            "accepted for punycode"
+        )
+
+
+_CHECKS = {"idna": _check_idna, "punycode": _check_punycode}
 
 
 class BytesSerializer(Serializer[bytes, bytes]):
@@ -60,6 +86,11 @@ class StringSerializer(Serializer[str, str]):
     Encoding and decoding are strict: a datagram that is not valid in ``encoding`` is a
     :class:`~anydgram.DeserializeError`, never silently repaired.
 
+    The standard library decodes punycode in time that grows with the square of the input,
+    so with ``"punycode"`` a datagram over 1,024 bytes is refused, and with ``"idna"`` a
+    label that starts with ``xn--`` and is too long to be valid is refused before it is
+    decoded.
+
     Args:
         encoding: Any text encoding the :mod:`codecs` module knows.
 
@@ -68,7 +99,7 @@ class StringSerializer(Serializer[str, str]):
         TypeError: ``encoding`` is not a string.
     """
 
-    __slots__ = ("_encoding",)
+    __slots__ = ("_check", "_encoding")
 
     def __init__(self, encoding: str = "utf-8") -> None:
         require_instance(encoding, str, "encoding must be a str")
@@ -76,6 +107,7 @@ class StringSerializer(Serializer[str, str]):
         # The lookup above accepts bytes-to-bytes codecs too; str.encode() refuses them.
         "".encode(encoding)
         self._encoding = encoding
+        self._check = _CHECKS.get(codecs.lookup(encoding).name)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(encoding={self._encoding!r})"
@@ -113,8 +145,12 @@ class StringSerializer(Serializer[str, str]):
         Raises:
             DeserializeError: ``data`` is not valid in ``encoding``.
         """
+        if self._check is not None:
+            self._check(data)
         try:
             return data.decode(self._encoding)
         # UnicodeDecodeError for most codecs; a few (idna, punycode) raise plain UnicodeError.
         except UnicodeError as exc:
-            raise DeserializeError(f"datagram is not valid {self._encoding}: {exc}") from exc
+            raise DeserializeError(
+                f"datagram is not valid {self._encoding}: {clip(str(exc))}"
+            ) from exc

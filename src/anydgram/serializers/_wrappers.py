@@ -8,7 +8,7 @@ import zlib
 from typing import Any, Generic, Literal
 
 from .._errors import DeserializeError
-from ._abc import RecvT, SendT, Serializer, require_int, require_serializer
+from ._abc import RecvT, SendT, Serializer, clip, require_int, require_serializer
 
 __all__ = ("Base64Serializer", "ZlibSerializer")
 
@@ -20,6 +20,14 @@ class ZlibSerializer(Serializer[SendT, RecvT], Generic[SendT, RecvT]):
     :class:`~anydgram.DeserializeError`, and no more than about ``max_size`` bytes are ever
     produced while finding that out. A small datagram cannot become a memory spike
     (a "zlib bomb"). A truncated stream or bytes after its end are rejected too.
+
+    Every datagram is inflated before the inner serializer sees it, so with
+    :class:`~anydgram.serializers.HMACSerializer` put the HMAC outside:
+    ``HMACSerializer(ZlibSerializer(inner), key)`` checks the tag on the datagram itself,
+    about 4 us for a forged 1 KB datagram, where ``ZlibSerializer(HMACSerializer(inner,
+    key))`` first inflates it (up to ``max_size``) and hashes the result, about 1.8 ms for
+    one that inflates to 1 MiB. Decoding costs grow with ``max_size``: keep it near your
+    largest packet.
 
     Args:
         inner: The serializer whose output is compressed.
@@ -107,7 +115,7 @@ class ZlibSerializer(Serializer[SendT, RecvT], Generic[SendT, RecvT]):
             # "more": decompression stops there, whatever the stream claims.
             payload = decompressor.decompress(data, self._max_size + 1)
         except zlib.error as exc:
-            raise DeserializeError(f"invalid zlib stream: {exc}") from exc
+            raise DeserializeError(f"invalid zlib stream: {clip(str(exc))}") from exc
         if len(payload) > self._max_size:
             raise DeserializeError(f"zlib stream inflates past max_size={self._max_size} bytes")
         if not decompressor.eof:
@@ -192,7 +200,7 @@ class Base64Serializer(Serializer[SendT, RecvT], Generic[SendT, RecvT]):
         try:
             payload = base64.b64decode(data, self._altchars, validate=True)
         except binascii.Error as exc:
-            raise DeserializeError(f"invalid base64: {exc}") from exc
+            raise DeserializeError(f"invalid base64: {clip(str(exc))}") from exc
         # b64decode maps the alternative characters onto "+/" before validating, so it also
         # accepts "+/" in urlsafe input, and it ignores the unused bits of the last
         # character. Re-encoding catches both.
