@@ -36,8 +36,7 @@ async def test_bind_failure_is_a_plain_oserror() -> None:
         with pytest.raises(OSError, match=r"127\.0\.0\.1") as info:
             async with server.serving():
                 pytest.fail("the block ran although the bind failed")
-        assert type(info.value) is not BaseExceptionGroup
-        assert isinstance(info.value, OSError)
+        # pytest.raises(OSError) does not match an exception group that holds one.
         assert info.value.errno is not None
     assert server.addresses == ()
 
