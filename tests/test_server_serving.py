@@ -98,6 +98,7 @@ async def test_a_handler_running_at_exit_gets_the_grace_period(
 async def test_an_exception_from_the_block_propagates_as_it_is() -> None:
     server = DatagramServer("127.0.0.1", 0, echo)
     raised: BaseException | None = None
+    port = -1
     try:
         async with server.serving() as addresses:
             port = addresses[0][1]
@@ -111,6 +112,7 @@ async def test_an_exception_from_the_block_propagates_as_it_is() -> None:
 
 async def test_cancelling_the_enclosing_scope_closes_the_server() -> None:
     server = DatagramServer("127.0.0.1", 0, echo)
+    port = -1
     with anyio.CancelScope() as scope:
         async with server.serving() as addresses:
             port = addresses[0][1]

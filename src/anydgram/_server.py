@@ -29,7 +29,7 @@ import math
 import socket
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Generic, Self, TypeAlias, cast, overload
@@ -545,7 +545,7 @@ class DatagramServer(Generic[SendT, RecvT]):
         await self._serve(task_status=task_status)
 
     @asynccontextmanager
-    async def serving(self, *, grace_period: float = 5.0) -> AsyncIterator[tuple[Address, ...]]:
+    async def serving(self, *, grace_period: float = 5.0) -> AsyncGenerator[tuple[Address, ...]]:
         """Serve in the background while the ``async with`` block runs; yield the addresses.
 
         The sockets are bound before the block begins, so a bind failure is a plain
