@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import re
 import socket
+import threading
 from typing import Any
 
 import anyio
@@ -167,3 +169,41 @@ async def test_serving_logs_where_it_serves_and_a_summary_when_it_stops(
         f"stopped serving on {where}: 1 datagrams received (5 bytes), 1 sent (5 bytes), "
         "handlers_peak 1"
     )
+
+
+def test_run_logs_where_it_serves_and_a_summary_when_it_stops(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def reply_then_stop(request: BytesRequest) -> None:
+        await request.respond(request.packet)
+        await request.server.shutdown(0)
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = DatagramServer("127.0.0.1", port, reply_then_stop)
+    replies: list[bytes] = []
+
+    def client() -> None:
+        # Until the server is bound, datagrams to the port are lost: send again, a bounded
+        # number of times, until one is answered.
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(0.1)
+            for _ in range(100):
+                sock.sendto(b"hi", ("127.0.0.1", port))
+                try:
+                    replies.append(sock.recv(100))
+                    return
+                except (TimeoutError, ConnectionRefusedError):
+                    continue
+
+    thread = threading.Thread(target=client)
+    with caplog.at_level(logging.INFO, logger="anydgram.server"):
+        thread.start()
+        server.run()
+        thread.join(10)
+    assert replies == [b"hi"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "anydgram.server"]
+    assert messages[0] == f"serving on 127.0.0.1:{port}"
+    assert messages[-1].startswith(f"stopped serving on 127.0.0.1:{port}: ")
+    assert re.search(r" received \(\d+ bytes\), [1-9]\d* sent \(\d+ bytes\)", messages[-1])
