@@ -113,11 +113,23 @@ def _describe_error(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
+async def _resolves(host: str, port: int) -> bool:
+    """Whether ``host`` has an address of any family (after a lookup for one family failed)."""
+    try:
+        await anyio.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    except (OSError, UnicodeError):
+        return False
+    return True
+
+
 async def connect(host: str, port: int, family: int) -> DatagramClient[bytes, bytes]:
     """Connect a client, turning name and socket errors into one-line :class:`CLIError`."""
     try:
         return await connect_udp(host, port, family=family)
     except socket.gaierror as exc:
+        if family != socket.AF_UNSPEC and await _resolves(host, port):
+            kind = "IPv6" if family == socket.AF_INET6 else "IPv4"
+            raise CLIError(f"no {kind} address for {host}") from None
         raise CLIError(f"cannot resolve host {host!r}: {exc.strerror or exc}") from None
     except UnicodeError as exc:
         raise CLIError(f"cannot resolve host {host!r}: {exc}") from None
