@@ -9,7 +9,7 @@ import socket
 import pytest
 
 from anydgram.__main__ import main
-from cli_harness import exchange, free_port, run_main_with, wait_until_bound
+from cli_harness import EchoServer, exchange, free_port, run_main_with, wait_until_bound
 
 
 def _only_error_line(capsys: pytest.CaptureFixture[str]) -> str:
@@ -152,3 +152,51 @@ def test_serve_print_cuts_a_long_json_datagram(capsys: pytest.CaptureFixture[str
     assert len(printed) == 1, out[:1000]
     shown = printed[0].split(" ", 2)[2]  # after the time and the sender
     assert shown == "{'text': '" + "x" * (256 - len("{'text': '")) + "..."
+
+
+def test_send_json_message_and_reply(capsys: pytest.CaptureFixture[str]) -> None:
+    with EchoServer() as server:
+        argv = ["send", "127.0.0.1", str(server.port), '{"a": [1, "é"]}', "--protocol", "json"]
+        assert main([*argv, "--wait-reply"]) == 0
+    assert server.received == [b'{"a":[1,"\xc3\xa9"]}']
+    assert capsys.readouterr().out == '{"a": [1, "é"]}\n'
+
+
+def test_send_bad_json_message(capsys: pytest.CaptureFixture[str]) -> None:
+    with EchoServer() as server:
+        assert main(["send", "127.0.0.1", str(server.port), "nope", "--protocol", "json"]) == 2
+    assert server.received == []
+    assert _only_error_line(capsys) == (
+        "anydgram: --protocol json takes a JSON message: Expecting value: line 1 column 1 (char 0)"
+    )
+
+
+def test_send_cbor_message(capsys: pytest.CaptureFixture[str]) -> None:
+    cbor2 = pytest.importorskip("cbor2")
+    with EchoServer() as server:
+        argv = ["send", "127.0.0.1", str(server.port), "[1, 2]", "--protocol", "cbor"]
+        assert main([*argv, "--wait-reply"]) == 0
+    assert [cbor2.loads(data) for data in server.received] == [[1, 2]]
+    assert capsys.readouterr().out == "[1, 2]\n"
+
+
+def test_ping_with_a_protocol(capsys: pytest.CaptureFixture[str]) -> None:
+    with EchoServer() as server:
+        argv = ["ping", "127.0.0.1", str(server.port), "-c", "2", "-i", "0", "--protocol", "json"]
+        assert main(argv) == 0
+    assert [json.loads(data)[:8] for data in server.received] == ["00000001", "00000002"]
+    assert "2 packets transmitted, 2 received, 0% packet loss" in capsys.readouterr().out
+
+
+def test_listen_decodes_with_a_protocol(capsys: pytest.CaptureFixture[str]) -> None:
+    port = free_port()
+
+    def client() -> None:
+        wait_until_bound(port)
+        exchange("127.0.0.1", port, b'{"n": 1}', timeout=0.2)
+        exchange("127.0.0.1", port, b"{oops", timeout=0.2)
+
+    argv = ["listen", "127.0.0.1", str(port), "-c", "2", "--protocol", "json"]
+    assert run_main_with(argv, client, interrupt=False) == (0, [])
+    shown = [line.split(" ", 2)[2] for line in capsys.readouterr().out.splitlines()[1:]]
+    assert shown == ["{'n': 1}", "(not json) 5 bytes: {oops"]

@@ -86,6 +86,7 @@ def _run_command(args: argparse.Namespace, backend: Backend) -> int:
                 timeout=args.timeout,
                 size=args.size,
                 family=family_of(args),
+                protocol=args.protocol,
             ),
             backend,
         )
@@ -101,6 +102,7 @@ def _run_command(args: argparse.Namespace, backend: Backend) -> int:
                 wait_reply=args.wait_reply,
                 timeout=args.timeout,
                 family=family_of(args),
+                protocol=args.protocol,
             ),
             backend,
         )
@@ -113,6 +115,7 @@ def _run_command(args: argparse.Namespace, backend: Backend) -> int:
                 port=args.port,
                 echo=args.echo,
                 count=args.count,
+                protocol=args.protocol,
             ),
             backend,
         )

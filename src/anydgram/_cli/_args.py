@@ -137,6 +137,15 @@ def _add_server_address(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("port", type=_port, metavar="PORT", help="port to bind (0: any free)")
 
 
+def _add_protocol(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default="bytes",
+        help=f"how datagrams are {what} (default: bytes)",
+    )
+
+
 def _add_remote_address(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("host", type=_host, metavar="HOST", help="host name or address")
     parser.add_argument("port", type=_remote_port, metavar="PORT", help="UDP port")
@@ -237,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SIZE",
         help="datagram size in bytes (default: 56)",
     )
+    _add_protocol(ping, "encoded: the sequence number as a string packet")
     _add_family(ping)
 
     send = commands.add_parser("send", parents=[common], help="send datagrams")
@@ -253,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="send all of standard input as one datagram, not one per line",
     )
     send.add_argument("--wait-reply", action="store_true", help="print the reply to each datagram")
+    _add_protocol(send, "encoded: MESSAGE is JSON text for json, msgpack and cbor")
     send.add_argument(
         "-W",
         "--timeout",
@@ -266,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     listen = commands.add_parser("listen", parents=[common], help="print incoming datagrams")
     _add_server_address(listen)
     listen.add_argument("--echo", action="store_true", help="send each datagram back")
+    _add_protocol(listen, "decoded for display")
     listen.add_argument(
         "-c", "--count", type=_integer(1), metavar="COUNT", help="stop after COUNT datagrams"
     )
