@@ -87,6 +87,10 @@ class DatagramRequest(Generic[SendT, RecvT]):
 
     __slots__ = ("_local", "_transport", "address", "packet", "server")
 
+    packet: RecvT
+    address: Address
+    server: DatagramServer[SendT, Any]
+
     def __init__(
         self,
         packet: RecvT,
