@@ -248,7 +248,8 @@ class DatagramServer(Generic[SendT, RecvT]):
     ``DatagramProtocol[SendT, RecvT]``. Handlers run concurrently, at most
     ``max_concurrent_handlers`` at a time; past that bound the server stops reading and the
     kernel buffers (and counts what it drops). Serve with :meth:`serve_forever` inside a task
-    group, or with the blocking :meth:`run`. ``async with server:`` does not start serving; it
+    group, in the background of an ``async with`` block with :meth:`serving`, or with the
+    blocking :meth:`run`. ``async with server:`` does not start serving; it
     closes the server (:meth:`aclose`) on the way out. A server serves once.
 
     Args:
