@@ -68,3 +68,16 @@ def test_command_line_entry_points() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"anydgram {anydgram.__version__}"
+
+
+def test_import_does_not_load_multiprocessing() -> None:
+    # Only run(workers=N) needs multiprocessing; it is imported when that runs.
+    code = (
+        "import sys, anydgram, anydgram.serializers, anydgram.testing; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'multiprocessing'))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -31,7 +31,8 @@ import math
 import socket
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Generic, Self, TypeAlias, cast, overload
 
@@ -87,6 +88,10 @@ class DatagramRequest(Generic[SendT, RecvT]):
     """
 
     __slots__ = ("_local", "_transport", "address", "packet", "server")
+
+    packet: RecvT
+    address: Address
+    server: DatagramServer[SendT, Any]
 
     def __init__(
         self,
@@ -229,6 +234,31 @@ def _format_addresses(addresses: Sequence[Any]) -> str:
     return ", ".join(_format_address(a) for a in addresses)
 
 
+def _summary(stats: ServerStatistics) -> str:
+    """The statistics logged when a server stops: the traffic, then the counters that are not 0."""
+    parts = [
+        f"{stats.datagrams_received} datagrams received ({stats.bytes_received} bytes), "
+        f"{stats.datagrams_sent} sent ({stats.bytes_sent} bytes)"
+    ]
+    for name in (
+        "handler_errors",
+        "handlers_cancelled",
+        "requests_abandoned",
+        "parse_errors",
+        "oversize",
+        "send_errors",
+        "icmp_errors",
+        "kernel_drops",
+        "rate_limited",
+        "amplification_dropped",
+    ):
+        value = getattr(stats, name)
+        if value:
+            parts.append(f"{name} {value}")
+    parts.append(f"handlers_peak {stats.handlers_peak}")
+    return ", ".join(parts)
+
+
 class DatagramServer(Generic[SendT, RecvT]):
     """A datagram (UDP) server that calls ``handler`` for every datagram it receives.
 
@@ -236,7 +266,8 @@ class DatagramServer(Generic[SendT, RecvT]):
     ``DatagramProtocol[SendT, RecvT]``. Handlers run concurrently, at most
     ``max_concurrent_handlers`` at a time; past that bound the server stops reading and the
     kernel buffers (and counts what it drops). Serve with :meth:`serve_forever` inside a task
-    group, or with the blocking :meth:`run`. ``async with server:`` does not start serving; it
+    group, in the background of an ``async with`` block with :meth:`serving`, or with the
+    blocking :meth:`run`. ``async with server:`` does not start serving; it
     closes the server (:meth:`aclose`) on the way out. A server serves once.
 
     Args:
@@ -545,6 +576,53 @@ class DatagramServer(Generic[SendT, RecvT]):
         await self._open()
         await self._serve(task_status=task_status)
 
+    @asynccontextmanager
+    async def serving(self, *, grace_period: float = 5.0) -> AsyncGenerator[tuple[Address, ...]]:
+        """Serve in the background while the ``async with`` block runs; yield the addresses.
+
+        The sockets are bound before the block begins, so a bind failure is a plain
+        :class:`OSError` raised by ``async with`` (not an exception group). The server then
+        serves in a task group of its own; when the block ends, however it ends, the server
+        shuts down (:meth:`shutdown` with ``grace_period``) before ``async with`` returns,
+        and an exception from the block propagates as it is. This is the one-liner for an
+        application's lifespan (see the embedding guide). If the enclosing scope is
+        cancelled, running handlers are cancelled at once, as by :meth:`aclose`.
+
+        Raises:
+            OSError: An address could not be bound (nothing is left open).
+            RuntimeError: The server is already serving.
+            anyio.ClosedResourceError: The server was closed (a server serves once).
+            TypeError: ``grace_period`` is not a number.
+            ValueError: ``grace_period`` is negative or NaN.
+        """
+        if not isinstance(grace_period, int | float) or isinstance(grace_period, bool):
+            raise TypeError(f"grace_period must be a number, not {type(grace_period).__name__}")
+        if not grace_period >= 0:
+            raise ValueError(f"grace_period must be >= 0, got {grace_period!r}")
+        await self._open()
+        error: Exception | None = None
+        try:
+            async with anyio.create_task_group() as tasks:
+                addresses = await tasks.start(self._serve)
+                try:
+                    yield addresses
+                except Exception as exc:
+                    error = exc  # raised below, outside the task group: not wrapped in a group
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await self.shutdown(grace_period)
+        finally:
+            if self._state == "starting":  # cancelled before _serve ran: close what _open made
+                with anyio.CancelScope(shield=True):
+                    for transport in self._transports:
+                        await transport.aclose()
+                self._state = "closed"
+                self._addresses = ()
+                assert self._stopped is not None
+                self._stopped.set()
+        if error is not None:
+            raise error
+
     async def _open(self) -> None:
         """Bind the sockets (the first half of :meth:`serve_forever`)."""
         if self._state == "closed":
@@ -630,7 +708,11 @@ class DatagramServer(Generic[SendT, RecvT]):
             self._slots = []
             self._task_group = None
             self._log.flush()
-            logger.info("stopped serving on %s", _format_addresses(self._addresses))
+            logger.info(
+                "stopped serving on %s: %s",
+                _format_addresses(self._addresses),
+                _summary(self.statistics()),
+            )
             self._addresses = ()
             self._stopped.set()
 

@@ -334,7 +334,7 @@ class SocketIO:
         unlink_path: BoundPath | None,
     ) -> None:
         """Set every field; a subclass with no real socket calls this instead of __init__."""
-        self.sock = sock
+        self.sock: socket.socket = sock
         self._family = family
         self._is_unix = family == socket.AF_UNIX
         self._connected = connected
@@ -347,15 +347,15 @@ class SocketIO:
         self._primitives: Primitives | None = None
         self._recv_waiter = _FdWaiter()
         self._send_waiter = _FdWaiter()
-        self.datagrams_received = 0
-        self.bytes_received = 0
-        self.datagrams_sent = 0
-        self.bytes_sent = 0
-        self.oversize = 0
-        self.send_errors = 0
-        self.icmp_errors = 0
+        self.datagrams_received: int = 0
+        self.bytes_received: int = 0
+        self.datagrams_sent: int = 0
+        self.bytes_sent: int = 0
+        self.oversize: int = 0
+        self.send_errors: int = 0
+        self.icmp_errors: int = 0
         #: Datagrams still waiting in the receive buffer when the socket closed.
-        self.unread_at_close = 0
+        self.unread_at_close: int = 0
 
     # -- state -----------------------------------------------------------------------------
 

@@ -17,10 +17,7 @@ inherited as it is, so closures and objects that cannot be pickled work. That ne
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
-import multiprocessing
-import multiprocessing.connection
 import os
 import signal
 import socket
@@ -171,6 +168,8 @@ def _die_with_parent() -> None:
     if not sys.platform.startswith("linux"):
         return
     with contextlib.suppress(Exception):
+        import ctypes
+
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
@@ -224,6 +223,9 @@ def run_workers(
         OSError: A worker could not bind (the worker's own error).
         RuntimeError: A worker process failed.
     """
+    # multiprocessing is imported only here: `import anydgram` should not pay for it.
+    import multiprocessing
+
     if not hasattr(os, "fork") or "fork" not in multiprocessing.get_all_start_methods():
         raise ValueError("workers > 1 needs os.fork, which this platform lacks")
     if not hasattr(socket, "SO_REUSEPORT"):
@@ -241,6 +243,8 @@ class Supervisor:
         self._count = count
         self._backend = backend
         self._options = options
+        import multiprocessing
+
         self._logger: logging.Logger = server._log.logger
         self._context = multiprocessing.get_context("fork")
         self._workers: list[_Worker] = []
@@ -370,6 +374,8 @@ class Supervisor:
             self._wait([w.reports for w in waiting] + [w.process.sentinel for w in self._workers])
 
     def _wait(self, objects: list[Any]) -> None:
+        import multiprocessing.connection
+
         multiprocessing.connection.wait([*objects, self._wakeup_r])
         with contextlib.suppress(OSError):
             while os.read(self._wakeup_r, 512):
@@ -393,6 +399,8 @@ class Supervisor:
             if remaining <= 0:
                 break
             sentinels = [w.process.sentinel for w in alive]
+            import multiprocessing.connection
+
             multiprocessing.connection.wait([*sentinels, self._wakeup_r], remaining)
             with contextlib.suppress(OSError):
                 while os.read(self._wakeup_r, 512):

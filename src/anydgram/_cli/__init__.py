@@ -39,9 +39,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
     except SystemExit as exc:  # --help and --version print, then "exit" 0
         return exc.code if isinstance(exc.code, int) else 0
+    if extra:
+        owner: argparse.ArgumentParser = getattr(args, "parser", parser)
+        owner.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command is None:
         raise CLIError(
             f"missing command: choose from {', '.join(_COMMANDS)} (see 'anydgram --help')"
@@ -83,6 +86,7 @@ def _run_command(args: argparse.Namespace, backend: Backend) -> int:
                 timeout=args.timeout,
                 size=args.size,
                 family=family_of(args),
+                protocol=args.protocol,
             ),
             backend,
         )
@@ -98,6 +102,7 @@ def _run_command(args: argparse.Namespace, backend: Backend) -> int:
                 wait_reply=args.wait_reply,
                 timeout=args.timeout,
                 family=family_of(args),
+                protocol=args.protocol,
             ),
             backend,
         )
@@ -110,6 +115,7 @@ def _run_command(args: argparse.Namespace, backend: Backend) -> int:
                 port=args.port,
                 echo=args.echo,
                 count=args.count,
+                protocol=args.protocol,
             ),
             backend,
         )

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import socket
 from collections.abc import Callable
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from .._version import __version__
 from ._runner import BACKENDS, CLIError
@@ -28,7 +29,7 @@ __all__ = (
 MAX_PAYLOAD = 65507
 #: ``serve --mode`` and ``serve --protocol`` choices.
 MODES = ("echo", "upper", "discard", "print")
-PROTOCOLS = ("bytes", "str", "json", "msgpack")
+PROTOCOLS = ("bytes", "str", "json", "msgpack", "cbor")
 #: ping sends its sequence number as 8 ASCII digits, bench as 12: the smallest datagrams.
 PING_MIN_SIZE = 8
 BENCH_MIN_SIZE = 12
@@ -39,6 +40,17 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         raise CLIError(f"{message} (see '{self.prog} --help')")
+
+    def _parse_optional(self, arg_string: str) -> Any:
+        # argparse takes "-1" for an option when a parser has options that look like negative
+        # numbers (-4, -6): "ping HOST -1" would then report a missing PORT. A negative number
+        # that is not one of those options is a value, for the value's own check to refuse.
+        if _NEGATIVE_NUMBER.fullmatch(arg_string) and arg_string not in self._option_string_actions:
+            return None
+        return super()._parse_optional(arg_string)
+
+
+_NEGATIVE_NUMBER = re.compile(r"-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 def _integer(low: int, high: int | None = None) -> Callable[[str], int]:
@@ -65,8 +77,10 @@ def _number(
             raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
         too_low = value < low if inclusive else value <= low
         if not math.isfinite(value) or too_low or (high is not None and value > high):
-            if high is not None:
+            if high is not None and inclusive:
                 bounds = f"between {low:g} and {high:g}"
+            elif high is not None:
+                bounds = f"more than {low:g} and at most {high:g}"
             else:
                 bounds = f"{'at least' if inclusive else 'more than'} {low:g}"
             raise argparse.ArgumentTypeError(f"must be {bounds}, got {text}")
@@ -121,6 +135,15 @@ def _add_server_address(parser: argparse.ArgumentParser) -> None:
         help="address to bind (default: 127.0.0.1 and ::1, the loopback only)",
     )
     parser.add_argument("port", type=_port, metavar="PORT", help="port to bind (0: any free)")
+
+
+def _add_protocol(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default="bytes",
+        help=f"how datagrams are {what} (default: bytes)",
+    )
 
 
 def _add_remote_address(parser: argparse.ArgumentParser) -> None:
@@ -223,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SIZE",
         help="datagram size in bytes (default: 56)",
     )
+    _add_protocol(ping, "encoded: the sequence number as a string packet")
     _add_family(ping)
 
     send = commands.add_parser("send", parents=[common], help="send datagrams")
@@ -239,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="send all of standard input as one datagram, not one per line",
     )
     send.add_argument("--wait-reply", action="store_true", help="print the reply to each datagram")
+    _add_protocol(send, "encoded: MESSAGE is JSON text for json, msgpack and cbor")
     send.add_argument(
         "-W",
         "--timeout",
@@ -252,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     listen = commands.add_parser("listen", parents=[common], help="print incoming datagrams")
     _add_server_address(listen)
     listen.add_argument("--echo", action="store_true", help="send each datagram back")
+    _add_protocol(listen, "decoded for display")
     listen.add_argument(
         "-c", "--count", type=_integer(1), metavar="COUNT", help="stop after COUNT datagrams"
     )
@@ -294,5 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("-q", "--quiet", action="store_true", help="no progress while running")
     _add_family(bench)
 
-    commands.add_parser("demo", parents=[common], help="ping a lossy server, in one process")
+    demo = commands.add_parser("demo", parents=[common], help="ping a lossy server, in one process")
+    for subparser in (serve, ping, send, listen, bench, demo):
+        # Errors found after parsing (arguments left over) point to the subcommand's help.
+        subparser.set_defaults(parser=subparser)
     return parser

@@ -201,7 +201,9 @@ async def bench(options: BenchOptions, stats: BenchStats) -> None:
                 tg.start_soon(_progress, stats, options.quiet)
                 for _ in range(options.window):
                     await send_one()
-                await anyio.sleep(options.duration - (time.perf_counter() - stats.started))
+                # The first window may take longer than a very short duration to send.
+                left = options.duration - (time.perf_counter() - stats.started)
+                await anyio.sleep(max(0.0, left))
                 sending = False
                 stats.stopped_sending = time.perf_counter()
                 if not in_flight:
@@ -244,7 +246,8 @@ def _text_lines(result: dict[str, Any]) -> list[str]:
         f"BENCH {result['target']} ({result['address']}): {result['size']}-byte datagrams, "
         f"window {result['window']}, {result['duration_s']:g} s, backend {result['backend']}",
         f"sent {result['sent']}, received {result['received']}, lost {result['lost']} "
-        f"({result['loss_percent']:g}%), late {result['late']}, errors {result['errors']}",
+        f"({result['loss_percent']:g}%), late {result['late']}, errors {result['errors']}"
+        + (" (Destination Port Unreachable: is a server listening?)" if result["errors"] else ""),
         f"rate {result['rate_per_s']:.0f} datagrams/s "
         f"({result['bytes_per_s'] / 1e6:.2f} MB/s of replies)",
     ]

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import anyio
 
 from .. import DatagramEndpoint, DatagramProtocolParseError, open_udp_endpoint
+from ._codec import Codec
 from ._output import (
     describe_os_error,
-    describe_payload,
     format_address,
     format_host_port,
     timestamp,
@@ -32,12 +32,14 @@ class ListenOptions:
     port: int
     echo: bool = False
     count: int | None = None
+    protocol: str = "bytes"
 
 
 class _Listener:
     def __init__(self, options: ListenOptions) -> None:
         self.options = options
         self.received = 0
+        self.codec = Codec(options.protocol)
 
     async def read(self, endpoint: DatagramEndpoint[bytes, bytes], done: anyio.Event) -> None:
         count = self.options.count
@@ -49,7 +51,7 @@ class _Listener:
             if count is not None and self.received >= count:
                 break  # another address's reader reached the count meanwhile
             self.received += 1
-            write_line(f"{timestamp()} {format_address(sender)} {describe_payload(data)}")
+            write_line(f"{timestamp()} {format_address(sender)} {self.codec.describe(data)}")
             if self.options.echo:
                 try:
                     await endpoint.send_packet(data, sender)

@@ -85,7 +85,10 @@ def describe_payload(packet: object) -> str:
     elif isinstance(packet, bytes | bytearray):
         data = bytes(packet)
     else:
-        return f"{packet!r}"
+        shown_repr = repr(packet)
+        if len(shown_repr) > MAX_SHOWN:
+            return f"{shown_repr[:MAX_SHOWN]}..."
+        return shown_repr
     size = f"{len(data)} byte" if len(data) == 1 else f"{len(data)} bytes"
     if not data:
         return size

@@ -18,6 +18,7 @@ import anyio
 
 from .. import DatagramClient, connect_udp
 from ._args import PING_MIN_SIZE as MIN_SIZE
+from ._codec import Codec
 from ._output import describe_os_error, format_address, format_host_port, write_line
 from ._runner import Backend, CLIError, run
 
@@ -38,6 +39,7 @@ class PingOptions:
     timeout: float = 1.0
     size: int = 56
     family: int = socket.AF_UNSPEC
+    protocol: str = "bytes"
 
 
 class PingReport:
@@ -113,11 +115,23 @@ def _describe_error(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
+async def _resolves(host: str, port: int) -> bool:
+    """Whether ``host`` has an address of any family (after a lookup for one family failed)."""
+    try:
+        await anyio.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    except (OSError, UnicodeError):
+        return False
+    return True
+
+
 async def connect(host: str, port: int, family: int) -> DatagramClient[bytes, bytes]:
     """Connect a client, turning name and socket errors into one-line :class:`CLIError`."""
     try:
         return await connect_udp(host, port, family=family)
     except socket.gaierror as exc:
+        if family != socket.AF_UNSPEC and await _resolves(host, port):
+            kind = "IPv6" if family == socket.AF_INET6 else "IPv4"
+            raise CLIError(f"no {kind} address for {host}") from None
         raise CLIError(f"cannot resolve host {host!r}: {exc.strerror or exc}") from None
     except UnicodeError as exc:
         raise CLIError(f"cannot resolve host {host!r}: {exc}") from None
@@ -126,8 +140,20 @@ async def connect(host: str, port: int, family: int) -> DatagramClient[bytes, by
         raise CLIError(f"cannot reach {where}: {describe_os_error(exc)}") from None
 
 
+def _payload_of(reply: bytes, codec: Codec) -> bytes:
+    """The ping payload a reply carries: itself, or the string packet the protocol holds."""
+    if codec.protocol is None:
+        return reply
+    parsed, packet = codec.decode(reply)
+    return packet.encode("utf-8", "replace") if parsed and isinstance(packet, str) else b""
+
+
 async def _wait_reply(
-    client: DatagramClient[bytes, bytes], seq: int, sent_at: float, timeout: float
+    client: DatagramClient[bytes, bytes],
+    seq: int,
+    sent_at: float,
+    timeout: float,
+    codec: Codec,
 ) -> tuple[float, int] | None:
     """Wait for the reply to ``seq``: ``(rtt_ms, size)``, or ``None`` after ``timeout``."""
     expected = seq % _SEQ_MODULO
@@ -135,7 +161,7 @@ async def _wait_reply(
         while True:
             reply = await client.recv_packet()
             received_at = time.perf_counter()
-            if sequence_of(reply) == expected:
+            if sequence_of(_payload_of(reply, codec)) == expected:
                 return (received_at - sent_at) * 1000, len(reply)
             # Anything else is a late or duplicate reply to an earlier datagram: skipped.
     return None
@@ -149,6 +175,7 @@ async def ping(
     Raises:
         CLIError: The host does not resolve or cannot be reached at all.
     """
+    codec = Codec(options.protocol)
     client = await connect(options.host, options.port, options.family)
     async with client:
         peer = format_address(client.remote_address)
@@ -161,8 +188,11 @@ async def ping(
                 sent_at = time.perf_counter()
                 report.transmitted += 1
                 try:
-                    await client.send_packet(make_payload(seq, options.size))
-                    reply = await _wait_reply(client, seq, sent_at, options.timeout)
+                    payload = make_payload(seq, options.size)
+                    if codec.protocol is not None:
+                        payload = codec.encode_text(payload.decode("ascii"))
+                    await client.send_packet(payload)
+                    reply = await _wait_reply(client, seq, sent_at, options.timeout, codec)
                 except OSError as exc:
                     report.errors += 1
                     write(f"From {peer} seq={seq} {_describe_error(exc)}")

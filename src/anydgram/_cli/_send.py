@@ -17,6 +17,7 @@ import anyio
 import anyio.to_thread
 
 from .. import DatagramClient, DatagramTooLargeError
+from ._codec import Codec
 from ._output import format_address, write_line
 from ._ping import connect
 from ._runner import Backend, CLIError, run
@@ -35,6 +36,7 @@ class SendOptions:
     wait_reply: bool = False
     timeout: float = 1.0
     family: int = socket.AF_UNSPEC
+    protocol: str = "bytes"
 
 
 class _Tally:
@@ -91,12 +93,13 @@ async def send(options: SendOptions, tally: _Tally) -> None:
     Raises:
         CLIError: The host does not resolve, or a message is too large for one datagram.
     """
+    codec = Codec(options.protocol)
     client = await connect(options.host, options.port, options.family)
     async with client:
         peer = format_address(client.remote_address)
         async for datagram in _datagrams(options):
             try:
-                await client.send_packet(datagram)
+                await client.send_packet(codec.encode_message(datagram))
                 tally.sent += 1
                 reply = await _await_reply(client, options.timeout) if options.wait_reply else b""
             except DatagramTooLargeError as exc:
@@ -116,7 +119,11 @@ async def send(options: SendOptions, tally: _Tally) -> None:
                     f"anydgram: no reply from {peer} within {options.timeout:g} s", error=True
                 )
             elif options.wait_reply:
-                _show_reply(reply)
+                text = codec.reply_text(reply)
+                if text is None:
+                    _show_reply(reply)
+                else:
+                    write_line(text)
 
 
 def run_send(options: SendOptions, backend: Backend) -> int:

@@ -18,7 +18,7 @@ from typing import Any, cast
 import anyio
 
 from .. import DatagramProtocol, DatagramRequest, DatagramServer
-from ..serializers import JSONSerializer, MessagePackSerializer, StringSerializer
+from ..serializers import CBORSerializer, JSONSerializer, MessagePackSerializer, StringSerializer
 from ._args import MODES, PROTOCOLS
 from ._output import (
     describe_payload,
@@ -54,6 +54,14 @@ def make_protocol(name: str) -> DatagramProtocol[Any, Any] | None:
             raise CLIError(
                 "--protocol msgpack needs the msgpack package; "
                 "install it with: pip install 'anydgram[msgpack]'"
+            ) from None
+    if name == "cbor":
+        try:
+            return DatagramProtocol(CBORSerializer())
+        except ImportError:
+            raise CLIError(
+                "--protocol cbor needs the cbor2 package; "
+                "install it with: pip install 'anydgram[cbor]'"
             ) from None
     raise CLIError(f"unknown protocol {name!r} (choose from {', '.join(PROTOCOLS)})")
 
