@@ -9,6 +9,7 @@ from __future__ import annotations
 from ._endpoint import Address as Address
 from ._endpoint import DatagramClient as DatagramClient
 from ._endpoint import DatagramEndpoint as DatagramEndpoint
+from ._endpoint import IPAddress as IPAddress
 from ._errors import DatagramProtocolParseError as DatagramProtocolParseError
 from ._errors import DatagramTooLargeError as DatagramTooLargeError
 from ._errors import DeserializeError as DeserializeError
@@ -40,6 +41,7 @@ __all__ = (
     "DatagramTooLargeError",
     "DeserializeError",
     "EndpointStatistics",
+    "IPAddress",
     "RateLimit",
     "ServerStatistics",
     "SocketProxy",

@@ -31,12 +31,15 @@ from ._request import (
 from ._socket_io import BoundPath, SocketIO, SocketProxy, normalize_address
 from ._statistics import EndpointStatistics
 
-__all__ = ("Address", "DatagramClient", "DatagramEndpoint")
+__all__ = ("Address", "DatagramClient", "DatagramEndpoint", "IPAddress")
 
-#: A peer's address: a tuple as the :mod:`socket` module gives it for IP (``(host, port)`` or
-#: ``(host, port, flowinfo, scope_id)``), a ``str`` path for Unix sockets (abstract names start
-#: with ``"\0"``), or ``None`` for an unbound Unix peer.
-Address: TypeAlias = tuple[str, int] | tuple[str, int, int, int] | str | None
+#: An IP address as the :mod:`socket` module gives it: ``(host, port)`` or
+#: ``(host, port, flowinfo, scope_id)``. Servers only ever see these.
+IPAddress: TypeAlias = tuple[str, int] | tuple[str, int, int, int]
+
+#: A peer's address: an :data:`IPAddress`, a ``str`` path for Unix sockets (abstract names
+#: start with ``"\0"``), or ``None`` for an unbound Unix peer.
+Address: TypeAlias = IPAddress | str | None
 
 _S = TypeVar("_S")
 _R = TypeVar("_R")

@@ -65,7 +65,7 @@ from ._workers import resolve_backend, run_in_this_process, run_workers
 from .serializers import BytesSerializer
 
 if TYPE_CHECKING:
-    from ._endpoint import Address
+    from ._endpoint import Address, IPAddress
 
 __all__ = ("DatagramRequest", "DatagramServer", "Handler", "ParseErrorHandler")
 
@@ -90,13 +90,13 @@ class DatagramRequest(Generic[SendT, RecvT]):
     __slots__ = ("_local", "_transport", "address", "packet", "server")
 
     packet: RecvT
-    address: Address
+    address: IPAddress
     server: DatagramServer[SendT, Any]
 
     def __init__(
         self,
         packet: RecvT,
-        address: Address,
+        address: IPAddress,
         server: DatagramServer[SendT, Any],
         transport: ServerTransport,
         local: Any,
@@ -501,7 +501,7 @@ class DatagramServer(Generic[SendT, RecvT]):
         return self._protocol
 
     @property
-    def addresses(self) -> tuple[Address, ...]:
+    def addresses(self) -> tuple[IPAddress, ...]:
         """The addresses the server is bound to while it serves (empty before and after)."""
         return self._addresses
 
@@ -553,7 +553,7 @@ class DatagramServer(Generic[SendT, RecvT]):
     # -- serving -------------------------------------------------------------------------------
 
     async def serve_forever(
-        self, *, task_status: TaskStatus[tuple[Address, ...]] = anyio.TASK_STATUS_IGNORED
+        self, *, task_status: TaskStatus[tuple[IPAddress, ...]] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         """Bind the sockets and serve until :meth:`shutdown` or :meth:`aclose`, then return.
 
@@ -577,7 +577,7 @@ class DatagramServer(Generic[SendT, RecvT]):
         await self._serve(task_status=task_status)
 
     @asynccontextmanager
-    async def serving(self, *, grace_period: float = 5.0) -> AsyncGenerator[tuple[Address, ...]]:
+    async def serving(self, *, grace_period: float = 5.0) -> AsyncGenerator[tuple[IPAddress, ...]]:
         """Serve in the background while the ``async with`` block runs; yield the addresses.
 
         The sockets are bound before the block begins, so a bind failure is a plain
@@ -658,7 +658,7 @@ class DatagramServer(Generic[SendT, RecvT]):
         self._addresses = tuple(t.local_address for t in self._transports)
 
     async def _serve(
-        self, *, task_status: TaskStatus[tuple[Address, ...]] = anyio.TASK_STATUS_IGNORED
+        self, *, task_status: TaskStatus[tuple[IPAddress, ...]] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         """Serve on the sockets :meth:`_open` bound until stopped, then close them."""
         assert self._stopped is not None

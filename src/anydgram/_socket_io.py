@@ -71,8 +71,8 @@ class BoundPath:
     __slots__ = ("_identity", "path")
 
     def __init__(self, path: str, identity: tuple[int, int]) -> None:
-        self.path = path
-        self._identity = identity
+        self.path: str = path
+        self._identity: tuple[int, int] = identity
 
     @classmethod
     def after_bind(cls, path: str) -> BoundPath | None:
