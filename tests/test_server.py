@@ -600,8 +600,9 @@ async def test_send_packet_without_a_socket_of_the_family() -> None:
 
 @pytest.mark.parametrize(("where", "sent"), [("sockets", 100), ("memory", 1000)])
 async def test_every_datagram_sent_is_counted_when_a_handler_never_returns(
-    where: str, sent: int
+    where: str, sent: int, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="anydgram.server")
     started = anyio.Event()
 
     async def stuck(request: BytesRequest) -> None:
@@ -632,6 +633,9 @@ async def test_every_datagram_sent_is_counted_when_a_handler_never_returns(
     )
     if net is not None:
         assert stats.kernel_drops == net.statistics().dropped_full_queue > 0
+    # The stop summary in the log names them too.
+    (summary,) = [r.getMessage() for r in caplog.records if "stopped serving" in r.getMessage()]
+    assert f"unread_at_close {stats.unread_at_close}," in summary
 
 
 async def test_shutdown_lets_handlers_finish_within_the_grace_period() -> None:

@@ -249,6 +249,7 @@ def _summary(stats: ServerStatistics) -> str:
         "send_errors",
         "icmp_errors",
         "kernel_drops",
+        "unread_at_close",
         "rate_limited",
         "amplification_dropped",
     ):
