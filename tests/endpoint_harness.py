@@ -330,6 +330,16 @@ def _unix_name(kind: str, directory: str) -> str:
     return os.path.join(directory, f"{uuid.uuid4().hex[:12]}.sock")
 
 
+def port_is_free(port: int) -> bool:
+    """Whether a UDP socket can bind 127.0.0.1:``port`` now (a closed server let it go)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def make_peer(kind: str, directory: str) -> RawPeer:
     """A bound raw socket of the address family ``kind`` names."""
     if kind in ("udp4", "udp6"):

@@ -17,6 +17,7 @@ import anyio
 import pytest
 
 from anydgram import DatagramRequest, DatagramServer, connect_udp
+from endpoint_harness import port_is_free
 
 fastapi = pytest.importorskip("fastapi")
 aiohttp_web = pytest.importorskip("aiohttp.web")
@@ -38,15 +39,6 @@ def udp_exchange(address: Any, data: bytes) -> bytes:
         sock.settimeout(5)
         sock.sendto(data, address[:2])
         return sock.recv(65536)
-
-
-def port_is_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 # -- FastAPI (and Starlette): the lifespan ---------------------------------------------------

@@ -12,22 +12,13 @@ import anyio
 import pytest
 
 from anydgram import DatagramRequest, DatagramServer
-from endpoint_harness import make_peer
+from endpoint_harness import make_peer, port_is_free
 
 BytesRequest = DatagramRequest[bytes, bytes]
 
 
 async def echo(request: BytesRequest) -> None:
     await request.respond(request.packet)
-
-
-def port_is_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 async def test_bind_failure_is_a_plain_oserror() -> None:

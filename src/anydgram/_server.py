@@ -234,6 +234,13 @@ def _format_addresses(addresses: Sequence[Any]) -> str:
     return ", ".join(_format_address(a) for a in addresses)
 
 
+def _check_grace_period(grace_period: float) -> None:
+    if not isinstance(grace_period, int | float) or isinstance(grace_period, bool):
+        raise TypeError(f"grace_period must be a number, not {type(grace_period).__name__}")
+    if not grace_period >= 0:
+        raise ValueError(f"grace_period must be >= 0, got {grace_period!r}")
+
+
 def _summary(stats: ServerStatistics) -> str:
     """The statistics logged when a server stops: the traffic, then the counters that are not 0."""
     parts = [
@@ -596,10 +603,7 @@ class DatagramServer(Generic[SendT, RecvT]):
             TypeError: ``grace_period`` is not a number.
             ValueError: ``grace_period`` is negative or NaN.
         """
-        if not isinstance(grace_period, int | float) or isinstance(grace_period, bool):
-            raise TypeError(f"grace_period must be a number, not {type(grace_period).__name__}")
-        if not grace_period >= 0:
-            raise ValueError(f"grace_period must be >= 0, got {grace_period!r}")
+        _check_grace_period(grace_period)
         await self._open()
         error: Exception | None = None
         try:
@@ -1106,10 +1110,7 @@ class DatagramServer(Generic[SendT, RecvT]):
             TypeError: ``grace_period`` is not a number.
             ValueError: ``grace_period`` is negative or NaN.
         """
-        if not isinstance(grace_period, int | float) or isinstance(grace_period, bool):
-            raise TypeError(f"grace_period must be a number, not {type(grace_period).__name__}")
-        if not grace_period >= 0:
-            raise ValueError(f"grace_period must be >= 0, got {grace_period!r}")
+        _check_grace_period(grace_period)
         if self._state == "new":
             self._state = "closed"
             await anyio.lowlevel.checkpoint()
