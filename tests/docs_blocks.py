@@ -106,17 +106,34 @@ def programs(path: Path) -> list[list[Block]]:
     return grouped
 
 
+def skipped_programs(path: Path) -> list[list[Block]]:
+    """The skipped blocks that are whole programs (they start with an import): not run, since
+    they bind a fixed port, serve forever or need a web server, but type-checked all the same."""
+    return [[b] for b in python_blocks(path) if b.skipped and _starts_program(b)]
+
+
 def extract(outdir: Path) -> list[Path]:
-    """Write every program of every document as a module in ``outdir``; return the modules."""
+    """Write every program of every document as a module in ``outdir``; return the modules.
+
+    The runnable programs are ``<document>_<n>.py``; the skipped whole programs
+    ``<document>_skipped_<n>.py``.
+    """
     outdir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     for document in documents():
         relative = document.relative_to(ROOT)
-        for number, program in enumerate(programs(document), start=1):
+        named = [
+            *((f"{module_name(document)}_{n}", p) for n, p in enumerate(programs(document), 1)),
+            *(
+                (f"{module_name(document)}_skipped_{n}", p)
+                for n, p in enumerate(skipped_programs(document), 1)
+            ),
+        ]
+        for stem, program in named:
             parts = [f'"""Python blocks of {relative}, extracted for the type checkers."""\n']
             for block in program:
                 parts.append(f"\n# {relative}:{block.line}\n{block.source}")
-            target = outdir / f"{module_name(document)}_{number}.py"
+            target = outdir / f"{stem}.py"
             target.write_text("".join(parts), encoding="utf-8")
             written.append(target)
     return written
