@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 from ._errors import DatagramProtocolParseError, DatagramTooLargeError, DeserializeError
+from .serializers._abc import clip
 
 #: The longest message a :class:`DatagramProtocolParseError` carries; a longer one from a
 #: serializer is cut. It ends up in logs, and the datagram is on ``.data`` already.
@@ -112,9 +113,7 @@ class DatagramProtocol(Generic[SendT, RecvT]):
         try:
             return self._serializer.deserialize(data)
         except DeserializeError as exc:
-            message = str(exc) or "invalid datagram"
-            if len(message) > _MAX_PARSE_ERROR_MESSAGE:
-                message = message[: _MAX_PARSE_ERROR_MESSAGE - 3] + "..."
+            message = clip(str(exc) or "invalid datagram", _MAX_PARSE_ERROR_MESSAGE)
             raise DatagramProtocolParseError(message, data) from exc
 
 
