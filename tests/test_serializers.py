@@ -49,6 +49,7 @@ from anydgram.serializers import (
     StructSerializer,
     ZlibSerializer,
 )
+from fuzz.fuzz_serializers import cbor_head
 
 KEY = b"k" * 32
 
@@ -731,15 +732,6 @@ def test_cbor_details() -> None:
         serializer.deserialize(bytes.fromhex("a1d90fa0636b657901"))  # {4000("key"): 1}
 
 
-def _cbor_head(major: int, argument: int) -> bytes:
-    """The initial bytes of a CBOR data item: major type and argument (RFC 8949, 3)."""
-    if argument < 24:
-        return bytes([major << 5 | argument])
-    size = 1 if argument < 2**8 else 2 if argument < 2**16 else 4 if argument < 2**32 else 8
-    additional = {1: 24, 2: 25, 4: 26, 8: 27}[size]
-    return bytes([major << 5 | additional]) + argument.to_bytes(size, "big")
-
-
 def _cbor_dag_bomb(levels: int) -> bytes:
     """Nested pairs ``[x, x]`` where the second ``x`` is a shared reference to the first.
 
@@ -747,12 +739,12 @@ def _cbor_dag_bomb(levels: int) -> bytes:
     refers back to one, so each level costs 6 or 7 bytes and doubles the number of paths:
     walked as a tree, the result has ``2 ** (levels + 1) - 1`` lists.
     """
-    item = _cbor_head(6, 28) + _cbor_head(4, 2) + _cbor_head(0, 0) + _cbor_head(0, 0)
+    item = cbor_head(6, 28) + cbor_head(4, 2) + cbor_head(0, 0) + cbor_head(0, 0)
     for level in range(1, levels + 1):
         # The outermost pair is shareable number 0, so the pair below level L is number
         # levels - L + 1.
-        reference = _cbor_head(6, 29) + _cbor_head(0, levels - level + 1)
-        item = _cbor_head(6, 28) + _cbor_head(4, 2) + item + reference
+        reference = cbor_head(6, 29) + cbor_head(0, levels - level + 1)
+        item = cbor_head(6, 28) + cbor_head(4, 2) + item + reference
     return item
 
 

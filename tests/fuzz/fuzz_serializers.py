@@ -351,7 +351,8 @@ def colliding_pairs(count: int, *, target: int = 0x5EED) -> list[tuple[int, int]
     return pairs
 
 
-def _cbor_head(major: int, argument: int) -> bytes:
+def cbor_head(major: int, argument: int) -> bytes:
+    """The initial bytes of a CBOR data item: major type and argument (RFC 8949, 3)."""
     if argument < 24:
         return bytes([major << 5 | argument])
     size = 1 if argument < 2**8 else 2 if argument < 2**16 else 4 if argument < 2**32 else 8
@@ -361,7 +362,7 @@ def _cbor_head(major: int, argument: int) -> bytes:
 
 def _cbor_bignum(value: int) -> bytes:
     content = value.to_bytes((value.bit_length() + 7) // 8, "big")
-    return _cbor_head(6, 2) + _cbor_head(2, len(content)) + content
+    return cbor_head(6, 2) + cbor_head(2, len(content)) + content
 
 
 def _msgpack_map_head(length: int) -> bytes:
@@ -393,12 +394,10 @@ def hash_collision_datagrams(size: int) -> dict[str, tuple[str, bytes]]:
     count = size // 4
     bignums = [_cbor_bignum((k + 1) * HASH_MODULUS) for k in range(count)]
     pairs = colliding_pairs(size // 20 + 1)
-    cbor_pairs = [
-        _cbor_head(4, 2) + _cbor_head(0, a) + _cbor_head(0, b) + b"\x00" for a, b in pairs
-    ]
-    cbor_set = _fill(lambda n: _cbor_head(6, 258) + _cbor_head(4, n), bignums, size)
-    cbor_map = _fill(lambda n: _cbor_head(5, n), (item + b"\x00" for item in bignums), size)
-    cbor_pair_map = _fill(lambda n: _cbor_head(5, n), cbor_pairs, size)
+    cbor_pairs = [cbor_head(4, 2) + cbor_head(0, a) + cbor_head(0, b) + b"\x00" for a, b in pairs]
+    cbor_set = _fill(lambda n: cbor_head(6, 258) + cbor_head(4, n), bignums, size)
+    cbor_map = _fill(lambda n: cbor_head(5, n), (item + b"\x00" for item in bignums), size)
+    cbor_pair_map = _fill(lambda n: cbor_head(5, n), cbor_pairs, size)
     msgpack_ints = [b"\xcf" + (k * HASH_MODULUS).to_bytes(8, "big") + b"\xc0" for k in range(1, 9)]
     msgpack_pairs = [
         b"\x92\xcf" + a.to_bytes(8, "big") + b"\xcf" + b.to_bytes(8, "big") + b"\xc0"
