@@ -477,17 +477,15 @@ async def open_unix_datagram_endpoint(
     local = _unix_path(path, "path")
     await checkpoint()
     sock = _unix_socket()
+    bound: BoundPath | None = None
     try:
         apply_buffer_sizes(sock, recv_buffer_size, send_buffer_size)
         sock.bind(local)
-    except BaseException:
-        sock.close()
-        raise
-    bound = BoundPath.after_bind(local)
-    try:
+        bound = BoundPath.after_bind(local)
         return DatagramEndpoint._adopt(sock, protocol, unlink_path=bound)
     except BaseException:
         sock.close()
+        # Only a file this call created is removed: a failed bind leaves the path alone.
         if bound is not None:
             bound.remove()
         raise
