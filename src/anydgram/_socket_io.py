@@ -660,14 +660,7 @@ class SocketIO:
         if self._closed:
             return
         self._closed = True
-        self._count_unread()
-        self.sock.close()
-        self._unlink()
-
-    def _count_unread(self) -> None:
-        """Drain what waits in the receive buffer into ``unread_at_close`` (just before close)."""
-        with contextlib.suppress(OSError):  # the socket is unusable already: nothing to count
-            self.unread_at_close += drain_unread(self.sock)
+        self._release()
 
     async def aclose(self) -> None:
         """Close the socket; tasks waiting on it get :exc:`anyio.ClosedResourceError` at once.
@@ -681,12 +674,13 @@ class SocketIO:
         try:
             anyio.notify_closing(self.sock)
         finally:
-            self._count_unread()
-            self.sock.close()
-            self._unlink()
+            self._release()
         await anyio.lowlevel.cancel_shielded_checkpoint()
 
-    def _unlink(self) -> None:
-        path = self._unlink_path
-        if path is not None:
-            path.remove()
+    def _release(self) -> None:
+        """Count what still waits in the receive buffer, close the socket, remove its file."""
+        with contextlib.suppress(OSError):  # the socket is unusable already: nothing to count
+            self.unread_at_close += drain_unread(self.sock)
+        self.sock.close()
+        if self._unlink_path is not None:
+            self._unlink_path.remove()
