@@ -10,14 +10,44 @@ slower, with identical behaviour.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import anyio
 import anyio.lowlevel
 
-__all__ = ("Primitives", "current_primitives")
+__all__ = ("BACKENDS", "Primitives", "anyio_backend", "current_primitives")
+
+#: The event loops anydgram runs on, as ``DatagramServer.run()`` and the CLI name them.
+BACKENDS: Final = ("asyncio", "uvloop", "trio")
+
+
+def anyio_backend(name: str, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+    """:func:`anyio.run`'s backend and options for one of :data:`BACKENDS`.
+
+    ``options`` are anyio's backend options, kept (``use_uvloop`` set for ``"uvloop"``).
+
+    Raises:
+        ValueError: ``name`` is not one of :data:`BACKENDS`.
+        ImportError: The backend's package is missing; the message names the extra to install.
+    """
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, not {name!r}")
+    merged = dict(options or {})
+    if name == "uvloop":
+        name = "asyncio"
+        merged["use_uvloop"] = True
+    package = "trio" if name == "trio" else "uvloop" if merged.get("use_uvloop") else None
+    if package is not None:
+        try:
+            importlib.import_module(package)
+        except ImportError as exc:
+            raise ImportError(
+                f"{package} is not installed: pip install 'anydgram[{package}]'", name=package
+            ) from exc
+    return name, merged
 
 
 @dataclass(frozen=True, slots=True)

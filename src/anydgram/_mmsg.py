@@ -33,7 +33,7 @@ import sys
 from typing import Any, Final
 
 from ._server_io import Received, ServerSocketIO
-from ._socket_io import _MAX_BATCH
+from ._socket_io import MAX_BATCH
 
 __all__ = ("MmsgReceiver", "MmsgServerSocketIO", "available", "server_socket_io")
 
@@ -58,7 +58,7 @@ _ADDRESS_CACHE_SIZE: Final = 1024
 
 #: After this many datagrams skipped (oversize) or errors drained in one receive, it returns
 #: what it has, like the portable path's bound: junk cannot hold the event loop.
-_SKIP_BOUND: Final = _MAX_BATCH
+_SKIP_BOUND: Final = MAX_BATCH
 
 
 class _IoVec(ctypes.Structure):
@@ -301,7 +301,7 @@ class MmsgServerSocketIO(ServerSocketIO):
     bytes_received: int
 
     def __init__(
-        self, sock: socket.socket, *, max_datagram_size: int, capacity: int = _MAX_BATCH
+        self, sock: socket.socket, *, max_datagram_size: int, capacity: int = MAX_BATCH
     ) -> None:
         if sock.family not in (socket.AF_INET, socket.AF_INET6):
             raise ValueError(f"recvmmsg is used for IP sockets only, not {sock.family!r}")

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, overload
 import anyio
 from anyio.lowlevel import checkpoint
 
+from ._address import format_address
 from ._endpoint import DatagramClient, DatagramEndpoint
 from ._protocol import DatagramProtocol, RecvT, SendT
 from ._socket_io import BoundPath, set_recverr
@@ -67,13 +68,8 @@ def apply_buffer_sizes(
         sock.setsockopt(socket.SOL_SOCKET, option, size)
 
 
-def _describe(sockaddr: Any) -> str:
-    host, port = sockaddr[0], sockaddr[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def _all_failed(what: str, attempts: list[tuple[Any, OSError]]) -> OSError:
-    detail = "; ".join(f"{_describe(addr)}: {exc}" for addr, exc in attempts)
+    detail = "; ".join(f"{format_address(addr)}: {exc}" for addr, exc in attempts)
     error = OSError(f"{what} ({detail})")
     error.__cause__ = ExceptionGroup(what, [exc for _, exc in attempts])
     return error

@@ -39,9 +39,11 @@ from typing import TYPE_CHECKING, Any, Final, Generic, Self, TypeAlias, cast, ov
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
+from ._address import format_address, format_addresses
 from ._backend import current_primitives
 from ._errors import DatagramProtocolParseError
 from ._logging import RateLimitedLog
+from ._network import ServerNetwork
 from ._open_endpoint import check_port
 from ._protocol import DatagramProtocol, RecvT, SendT, default_protocol
 from ._ratelimit import (
@@ -59,7 +61,7 @@ from ._server_io import (
     open_server_sockets,
     resolve_bind_addresses,
 )
-from ._socket_io import SocketProxy
+from ._socket_io import MAX_BATCH, SocketProxy
 from ._statistics import ServerStatistics
 from ._workers import resolve_backend, run_in_this_process, run_workers
 from .serializers import BytesSerializer
@@ -69,8 +71,6 @@ if TYPE_CHECKING:
 
 __all__ = ("DatagramRequest", "DatagramServer", "Handler", "ParseErrorHandler")
 
-#: Datagrams one reader takes per wake-up at most (the drain path's own bound).
-_READ_BATCH: Final = 64
 #: Pause after an unexpected receive error, so a broken socket cannot make the reader spin.
 _RECV_ERROR_BACKOFF: Final = 0.05
 
@@ -211,7 +211,7 @@ class _ReaderSlot:
 
     def __init__(self, transport: ServerTransport) -> None:
         self.transport = transport
-        self.name = _format_address(transport.local_address)
+        self.name = format_address(transport.local_address)
         #: The holding task's cancel scope (see :meth:`DatagramServer._task`); ``None`` before
         #: and after reading.
         self.holder: anyio.CancelScope | None = None
@@ -219,19 +219,6 @@ class _ReaderSlot:
         self.reading = True
         #: ICMP errors already logged.
         self.icmp_seen = transport.icmp_errors
-
-
-def _format_address(address: object) -> str:
-    if isinstance(address, tuple):
-        items = cast("Any", address)
-        if len(items) >= 2:
-            host, port = str(items[0]), items[1]
-            return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return repr(cast("Any", address))
-
-
-def _format_addresses(addresses: Sequence[Any]) -> str:
-    return ", ".join(_format_address(a) for a in addresses)
 
 
 def _check_grace_period(grace_period: float) -> None:
@@ -435,15 +422,12 @@ class DatagramServer(Generic[SendT, RecvT]):
                 DEFAULT_MAX_SOURCES if rate_limit is None else rate_limit.max_sources,
             )
         )
-        if network is not None:
-            from .testing import MemoryNetwork  # the testing helpers load only when used
-
-            if not isinstance(network, MemoryNetwork):
-                raise TypeError(
-                    f"network must be an anydgram.testing.MemoryNetwork or None, "
-                    f"not {type(network).__name__}"
-                )
-        self._network = network
+        if network is not None and not isinstance(network, ServerNetwork):
+            raise TypeError(
+                f"network must be an anydgram.testing.MemoryNetwork or None, "
+                f"not {type(network).__name__}"
+            )
+        self._network: ServerNetwork | None = network
         self._handler = handler
         self._parse_error_handler = parse_error_handler
         self._protocol: DatagramProtocol[SendT, RecvT] = (
@@ -498,7 +482,7 @@ class DatagramServer(Generic[SendT, RecvT]):
         self._checkpoint: Callable[[], Awaitable[None]] = anyio.lowlevel.checkpoint
 
     def __repr__(self) -> str:
-        where = _format_addresses(self._addresses) if self._addresses else self._state
+        where = format_addresses(self._addresses) if self._addresses else self._state
         return f"<{type(self).__name__} {where}>"
 
     # -- properties ----------------------------------------------------------------------------
@@ -641,7 +625,7 @@ class DatagramServer(Generic[SendT, RecvT]):
         try:
             if self._network is not None:
                 self._transports = list(
-                    self._network._open_server_transports(
+                    self._network.open_server_transports(
                         self._hosts, self._port, self._protocol.max_datagram_size
                     )
                 )
@@ -671,7 +655,7 @@ class DatagramServer(Generic[SendT, RecvT]):
         transports = self._transports
         logger = self._log.logger
         try:
-            logger.info("serving on %s", _format_addresses(self._addresses))
+            logger.info("serving on %s", format_addresses(self._addresses))
             async with anyio.create_task_group() as tasks:
                 self._task_group = tasks
                 try:
@@ -715,7 +699,7 @@ class DatagramServer(Generic[SendT, RecvT]):
             self._log.flush()
             logger.info(
                 "stopped serving on %s: %s",
-                _format_addresses(self._addresses),
+                format_addresses(self._addresses),
                 _summary(self.statistics()),
             )
             self._addresses = ()
@@ -840,9 +824,7 @@ class DatagramServer(Generic[SendT, RecvT]):
                     await self._wait_for_finish()
                     continue
                 try:
-                    batch = await transport.recv_datagrams(
-                        room if room < _READ_BATCH else _READ_BATCH
-                    )
+                    batch = await transport.recv_datagrams(room if room < MAX_BATCH else MAX_BATCH)
                 except anyio.ClosedResourceError:
                     break
                 except OSError as exc:
@@ -889,7 +871,7 @@ class DatagramServer(Generic[SendT, RecvT]):
                     logging.WARNING,
                     "undecodable datagram of %d bytes from %s: %s",
                     len(data),
-                    _format_address(address),
+                    format_address(address),
                     exc,
                 )
                 if hook is not None:
@@ -930,7 +912,7 @@ class DatagramServer(Generic[SendT, RecvT]):
                 "rate",
                 logging.WARNING,
                 "rate limit exceeded by %s (and perhaps others): %s",
-                _format_address(over_from),
+                format_address(over_from),
                 "logged only" if log_only else "dropping datagrams",
             )
         return kept
@@ -1035,13 +1017,13 @@ class DatagramServer(Generic[SendT, RecvT]):
             logging.ERROR,
             "%s raised for a datagram from %s",
             what,
-            _format_address(request.address),
+            format_address(request.address),
             exc_info=exc,
         )
 
     def _send_failed(self, exc: OSError, address: Any) -> None:
         self._log.log(
-            "send", logging.WARNING, "could not send to %s: %s", _format_address(address), exc
+            "send", logging.WARNING, "could not send to %s: %s", format_address(address), exc
         )
 
     # -- server-initiated sends ----------------------------------------------------------------
@@ -1127,7 +1109,7 @@ class DatagramServer(Generic[SendT, RecvT]):
                 self._log.logger.info(
                     "shutting down (grace period %.1f s) on %s",
                     grace_period,
-                    _format_addresses(self._addresses),
+                    format_addresses(self._addresses),
                 )
             for slot in self._slots:
                 # A holder that is reading loses nothing to a cancellation; one running a

@@ -24,9 +24,10 @@ from typing import Any, Final, Protocol, cast
 
 import anyio
 
+from ._address import format_address
 from ._errors import DatagramTooLargeError
 from ._open_endpoint import apply_buffer_sizes, check_host, check_port
-from ._socket_io import _ICMP_ERRNOS, _MAX_BATCH, SocketIO, set_recverr
+from ._socket_io import _ICMP_ERRNOS, MAX_BATCH, SocketIO, set_recverr
 
 __all__ = ("Received", "ServerSocketIO", "ServerTransport", "open_server_sockets")
 
@@ -235,7 +236,7 @@ class ServerSocketIO(SocketIO):
         bufsize = self._max_datagram_size + 1
         batch: list[Received] = []
         # Bounded like SocketIO.recv_nowait: skipped (oversize) datagrams count towards it.
-        for _ in range(max(max_count, _MAX_BATCH)):
+        for _ in range(max(max_count, MAX_BATCH)):
             try:
                 data, ancdata, _flags, address = sock.recvmsg(bufsize, _ANCILLARY_SIZE)
             except BlockingIOError:
@@ -517,8 +518,7 @@ def open_server_sockets(
                         recv_buffer_size=recv_buffer_size,
                     )
                 except OSError as exc:
-                    host = sockaddr[0]
-                    where = f"[{host}]:{sockaddr[1]}" if ":" in host else f"{host}:{sockaddr[1]}"
+                    where = format_address(sockaddr)
                     raise OSError(exc.errno, f"could not bind {where}: {exc.strerror}") from exc
                 opened.append(io)
                 if kernel_port and len(opened) == 1:

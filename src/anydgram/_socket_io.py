@@ -51,9 +51,9 @@ _ICMP_ERRNOS: Final = frozenset(
 #: cancellation there loses nothing).
 _FAIRNESS_INTERVAL: Final = 16
 
-#: How many datagrams one wake-up may take before yielding, and how many queued ICMP errors one
-#: drain reads.
-_MAX_BATCH: Final = 64
+#: How many datagrams one wake-up may take before yielding (a server's read batch, the skip
+#: bound of a receive), and how many queued ICMP errors one drain reads.
+MAX_BATCH: Final = 64
 
 #: Backoff for unconnected Unix sends to a full peer: poll() reports the socket writable (its own
 #: buffer has room) while the peer's queue is full, so there is nothing to wait on but time.
@@ -445,7 +445,7 @@ class SocketIO:
     def _recv_after_skip(self) -> tuple[bytes, Any] | None:
         # The slow path after an oversize datagram or a drained ICMP error: keep reading, but
         # a bounded number of times, so a flood of junk cannot hold the event loop.
-        for _ in range(_MAX_BATCH):
+        for _ in range(MAX_BATCH):
             try:
                 if self._connected:
                     data = self.sock.recv(self._bufsize)
@@ -549,7 +549,7 @@ class SocketIO:
             return 0
         sock = self.sock
         drained = 0
-        for _ in range(_MAX_BATCH):
+        for _ in range(MAX_BATCH):
             try:
                 sock.recvmsg(1, 1024, socket.MSG_ERRQUEUE)
             except OSError:  # EAGAIN: the queue is empty

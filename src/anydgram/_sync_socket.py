@@ -34,6 +34,7 @@ from ._socket_io import (
     _IS_LINUX,  # pyright: ignore[reportPrivateUsage]
     _UNIX_BACKOFF_FIRST,  # pyright: ignore[reportPrivateUsage]
     _UNIX_BACKOFF_MAX,  # pyright: ignore[reportPrivateUsage]
+    MAX_BATCH,
     BoundPath,
     drain_unread,
     normalize_address,
@@ -41,10 +42,6 @@ from ._socket_io import (
 )
 
 __all__ = ("ThreadedSocketIO", "deadline_after")
-
-#: How many datagrams one receive may skip (oversize, queued ICMP errors) before it waits again,
-#: and how many queued ICMP errors one drain reads.
-_MAX_BATCH: Final = 64
 
 _BUSY_ACTION: Final = "waiting for a request() reply on"
 
@@ -312,7 +309,7 @@ class ThreadedSocketIO:
             while True:
                 if busy is not None and busy.pending:
                     raise anyio.BusyResourceError(_BUSY_ACTION)
-                for _ in range(_MAX_BATCH):
+                for _ in range(MAX_BATCH):
                     try:
                         if self._connected:
                             data = sock.recv(bufsize)
@@ -400,7 +397,7 @@ class ThreadedSocketIO:
         if not _IS_LINUX:
             return 0
         drained = 0
-        for _ in range(_MAX_BATCH):
+        for _ in range(MAX_BATCH):
             try:
                 self.sock.recvmsg(1, 1024, socket.MSG_ERRQUEUE)
             except OSError:  # EAGAIN: the queue is empty

@@ -30,6 +30,9 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
+from ._address import format_addresses
+from ._backend import anyio_backend
+
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
     from multiprocessing.process import BaseProcess
@@ -38,7 +41,6 @@ if TYPE_CHECKING:
 
 __all__ = ("resolve_backend", "run_in_this_process", "run_workers")
 
-_BACKENDS: Final = ("asyncio", "uvloop", "trio")
 _SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -48,34 +50,13 @@ def resolve_backend(
     """Map ``run()``'s backend argument to anyio's, checking the backend is installed.
 
     Raises:
+        TypeError: ``backend`` is not a string.
         ValueError: An unknown backend name.
         ImportError: trio or uvloop is not installed (the message names the extra).
     """
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a str, not {type(backend).__name__}")
-    options = dict(backend_options or {})
-    if backend not in _BACKENDS:
-        raise ValueError(
-            f"backend must be one of {', '.join(map(repr, _BACKENDS))}, not {backend!r}"
-        )
-    if backend == "uvloop":
-        backend = "asyncio"
-        options["use_uvloop"] = True
-    if backend == "trio":
-        try:
-            import trio  # noqa: F401  # pyright: ignore[reportUnusedImport]
-        except ImportError as exc:
-            raise ImportError(
-                "backend='trio' needs trio: pip install 'anydgram[trio]'", name="trio"
-            ) from exc
-    if backend == "asyncio" and options.get("use_uvloop"):
-        try:
-            import uvloop  # noqa: F401  # pyright: ignore[reportUnusedImport]
-        except ImportError as exc:
-            raise ImportError(
-                "uvloop is not installed: pip install 'anydgram[uvloop]'", name="uvloop"
-            ) from exc
-    return backend, options
+    return anyio_backend(backend, backend_options)
 
 
 def run_in_this_process(
@@ -293,7 +274,7 @@ class Supervisor:
             "%d worker processes (pids %s) serving on %s",
             self._count,
             ", ".join(str(w.process.pid) for w in self._workers),
-            ", ".join(_describe(a) for a in first.addresses),
+            format_addresses(first.addresses),
         )
         while True:
             if self._signals_received:
@@ -432,8 +413,3 @@ def _poll(connection: Connection) -> Any:
     except (EOFError, OSError):
         return None
     return None
-
-
-def _describe(address: Any) -> str:
-    host, port = str(address[0]), address[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -9,7 +9,7 @@ What it covers, per input (a list of datagrams, a protocol and a mode):
 2. Server modes: batches are read through a :class:`~anydgram._server_io.ServerSocketIO`
    whose ``recv_datagrams`` does not wait (it returns what the socket holds and raises
    :exc:`anyio.ClosedResourceError` when it holds nothing; the coroutine is stepped by hand,
-   with no event loop), at most ``_READ_BATCH`` and the room the handler bound leaves at a
+   with no event loop), at most ``MAX_BATCH`` and the room the handler bound leaves at a
    time (computed here: the server's reader loop also runs handlers and waits, so it is not
    stepped), and each batch goes through the server's own ``DatagramServer._queue_batch``.
    That runs, per datagram, the parse, the ``parse_errors`` count, the sender filled into the
@@ -62,9 +62,8 @@ from anydgram import (
     DatagramRequest,
     DatagramServer,
 )
-from anydgram._server import _READ_BATCH
 from anydgram._server_io import Received, ServerSocketIO
-from anydgram._socket_io import SocketIO, normalize_address
+from anydgram._socket_io import MAX_BATCH, SocketIO, normalize_address
 from anydgram.serializers import (
     BytesSerializer,
     HMACSerializer,
@@ -248,7 +247,7 @@ def _run_server(
             for datagram in datagrams[start : start + SEND_CHUNK]:
                 sender.send(datagram)
             while True:
-                take = min(bound - len(server._pending), _READ_BATCH)
+                take = min(bound - len(server._pending), MAX_BATCH)
                 try:
                     batch = _step_without_loop(io.recv_datagrams(take))
                 except anyio.ClosedResourceError:

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import cast
 
 from .. import ServerStatistics
+from .._address import format_address, format_host_port
 
 __all__ = (
     "describe_os_error",
@@ -29,19 +30,6 @@ def write_line(line: str = "", *, error: bool = False) -> None:
     stream = sys.stderr if error else sys.stdout
     stream.write(line + "\n")
     stream.flush()
-
-
-def format_host_port(host: str, port: int) -> str:
-    """``host:port``, with an IPv6 literal in brackets (``[::1]:9999``)."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def format_address(address: object) -> str:
-    """A peer address as the socket module gives it, for people to read."""
-    items = cast("tuple[object, ...]", address) if isinstance(address, tuple) else ()
-    if len(items) >= 2 and isinstance(items[1], int):
-        return format_host_port(str(items[0]), items[1])
-    return f"{address!r}"
 
 
 def describe_os_error(exc: OSError) -> str:

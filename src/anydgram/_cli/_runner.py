@@ -7,7 +7,6 @@ statistics) the same way on asyncio, uvloop and trio.
 
 from __future__ import annotations
 
-import importlib
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -16,15 +15,11 @@ from typing import Any, TypeVar, cast
 import anyio
 from anyio.abc import TaskStatus
 
+from .._backend import BACKENDS, anyio_backend
+
 __all__ = ("BACKENDS", "Backend", "CLIError", "Outcome", "resolve_backend", "run")
 
 T = TypeVar("T")
-
-#: The ``--backend`` choices.
-BACKENDS = ("asyncio", "uvloop", "trio")
-
-#: The optional package each backend needs, and the extra that installs it.
-_BACKEND_MODULES = {"uvloop": "uvloop", "trio": "trio"}
 
 
 class CLIError(Exception):
@@ -48,20 +43,16 @@ def resolve_backend(name: str) -> Backend:
     """
     if name not in BACKENDS:
         raise CLIError(f"unknown backend {name!r} (choose from {', '.join(BACKENDS)})")
-    module = _BACKEND_MODULES.get(name)
-    if module is not None:
-        try:
-            importlib.import_module(module)
-        except ImportError as exc:
-            raise CLIError(
-                f"backend {name!r} is not available ({exc}); "
-                f"install it with: pip install 'anydgram[{name}]'"
-            ) from None
-    if name == "uvloop":
-        return Backend(name, "asyncio", {"use_uvloop": True})
-    if name == "asyncio":
-        return Backend(name, "asyncio", {"use_uvloop": False})
-    return Backend(name, "trio")
+    try:
+        # asyncio says use_uvloop=False outright, so an installed uvloop policy is not used.
+        defaults = {"use_uvloop": False} if name == "asyncio" else None
+        anyio_name, options = anyio_backend(name, defaults)
+    except ImportError as exc:
+        raise CLIError(
+            f"backend {name!r} is not available ({exc}); "
+            f"install it with: pip install 'anydgram[{name}]'"
+        ) from None
+    return Backend(name, anyio_name, options)
 
 
 @dataclass

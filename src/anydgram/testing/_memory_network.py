@@ -495,10 +495,15 @@ class MemoryNetwork:
         await anyio.lowlevel.checkpoint()
         return DatagramClient(io, proto)
 
-    def _open_server_transports(
+    def open_server_transports(
         self, hosts: Sequence[str] | None, port: int, max_datagram_size: int
     ) -> list[_MemorySocketIO]:
-        """The server's sockets: one per host (both wildcards for ``None``), on one port."""
+        """The server's sockets: one per host (both wildcards for ``None``), on one port.
+
+        The seam ``DatagramServer(network=...)`` binds through, not for direct use.
+
+        :meta private:
+        """
         names = list(_WILDCARD.values()) if hosts is None else list(hosts)
         opened: list[_MemorySocketIO] = []
         try:
