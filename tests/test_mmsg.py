@@ -18,16 +18,17 @@ from typing import Any
 import anyio
 import pytest
 
-from anydgram import DatagramRequest, DatagramServer, _mmsg
+from anydgram import DatagramRequest, DatagramServer, _mmsg, _server_sockets
+from anydgram._io_core import RecvFrom, set_recverr
 from anydgram._mmsg import (
     MmsgReceiver,
-    MmsgServerSocketIO,
+    RecvMmsg,
     available,
     decode_sockaddr_untrusted,
-    server_socket_io,
+    server_strategy,
 )
-from anydgram._server_io import ServerSocketIO
-from anydgram._socket_io import set_recverr
+from anydgram._pktinfo import RecvPktinfo
+from anydgram._socket_io import SocketIO
 
 pytestmark = pytest.mark.anyio
 
@@ -57,15 +58,15 @@ _FAMILIES = [
     ),
 ]
 
-IOFactory = Callable[[socket.socket, int], ServerSocketIO]
+IOFactory = Callable[[socket.socket, int], SocketIO]
 
 
-def _portable(sock: socket.socket, max_datagram_size: int) -> ServerSocketIO:
-    return ServerSocketIO(sock, max_datagram_size=max_datagram_size, pktinfo=False)
+def _portable(sock: socket.socket, max_datagram_size: int) -> SocketIO:
+    return SocketIO(sock, max_datagram_size=max_datagram_size, strategy=RecvFrom)
 
 
-def _batched(sock: socket.socket, max_datagram_size: int) -> ServerSocketIO:
-    return MmsgServerSocketIO(sock, max_datagram_size=max_datagram_size)
+def _batched(sock: socket.socket, max_datagram_size: int) -> SocketIO:
+    return SocketIO(sock, max_datagram_size=max_datagram_size, strategy=RecvMmsg)
 
 
 _PATHS = [
@@ -102,7 +103,7 @@ def peers(family_host: tuple[int, str]) -> Iterator[list[socket.socket]]:
         s.close()
 
 
-def _open_io(make_io: IOFactory, family_host: tuple[int, str]) -> ServerSocketIO:
+def _open_io(make_io: IOFactory, family_host: tuple[int, str]) -> SocketIO:
     family, host = family_host
     sock = _bound_socket(family, host)
     set_recverr(sock)
@@ -110,19 +111,19 @@ def _open_io(make_io: IOFactory, family_host: tuple[int, str]) -> ServerSocketIO
 
 
 @pytest.fixture
-async def io(make_io: IOFactory, family_host: tuple[int, str]) -> AsyncIterator[ServerSocketIO]:
+async def io(make_io: IOFactory, family_host: tuple[int, str]) -> AsyncIterator[SocketIO]:
     """The socket I/O of the path under test on a fresh loopback socket, closed afterwards."""
     opened = _open_io(make_io, family_host)
     yield opened
     await opened.aclose()
 
 
-async def _drain(io: ServerSocketIO, expected: int) -> list[tuple[bytes, Any]]:
+async def _drain(io: SocketIO, expected: int) -> list[tuple[bytes, Any]]:
     """Receive until ``expected`` datagrams were taken; check every batch's shape."""
     got: list[tuple[bytes, Any]] = []
     with anyio.fail_after(5):
         while len(got) < expected:
-            batch = await io.recv_datagrams(64)
+            batch = await io.receive(64)
             assert 0 < len(batch) <= 64
             for data, address, local in batch:
                 assert type(data) is bytes
@@ -136,7 +137,7 @@ async def _drain(io: ServerSocketIO, expected: int) -> list[tuple[bytes, Any]]:
 
 async def test_batch_of_mixed_sizes(
     anyio_backend: Any,
-    io: ServerSocketIO,
+    io: SocketIO,
     peers: list[socket.socket],
 ) -> None:
     target = io.local_address
@@ -159,13 +160,13 @@ async def test_batch_of_mixed_sizes(
     assert io.oversize == oversize
     # Nothing left: a receive now would wait.
     with anyio.move_on_after(0.05) as scope:
-        await io.recv_datagrams(64)
+        await io.receive(64)
     assert scope.cancelled_caught
 
 
 async def test_addresses_match_recvfrom(
     anyio_backend: Any,
-    io: ServerSocketIO,
+    io: SocketIO,
     family_host: tuple[int, str],
     peers: list[socket.socket],
 ) -> None:
@@ -183,11 +184,11 @@ async def test_addresses_match_recvfrom(
 
 async def test_nothing_waiting_loses_nothing(
     anyio_backend: Any,
-    io: ServerSocketIO,
+    io: SocketIO,
     peers: list[socket.socket],
 ) -> None:
     with anyio.move_on_after(0.05) as scope:
-        await io.recv_datagrams(64)
+        await io.receive(64)
     assert scope.cancelled_caught
     peers[0].sendto(b"after", io.local_address)
     assert await _drain(io, 1) == [(b"after", peers[0].getsockname())]
@@ -195,13 +196,13 @@ async def test_nothing_waiting_loses_nothing(
 
 async def test_batch_bound_respected(
     anyio_backend: Any,
-    io: ServerSocketIO,
+    io: SocketIO,
     peers: list[socket.socket],
 ) -> None:
     for i in range(10):
         peers[0].sendto(bytes([i]), io.local_address)
     with anyio.fail_after(5):
-        first = await io.recv_datagrams(3)
+        first = await io.receive(3)
         assert [data for data, _, _ in first] == [b"\0", b"\1", b"\2"]
         rest = await _drain(io, 7)
     assert [data for data, _ in rest] == [bytes([i]) for i in range(3, 10)]
@@ -210,7 +211,7 @@ async def test_batch_bound_respected(
 
 async def test_only_oversize_waiting_then_valid(
     anyio_backend: Any,
-    io: ServerSocketIO,
+    io: SocketIO,
     peers: list[socket.socket],
 ) -> None:
     # More junk than one bound: the reader skips it in bounded steps and still gets the rest.
@@ -243,18 +244,18 @@ async def test_large_datagrams_at_the_default_limit(
         await io.aclose()
 
 
-async def test_closed_raises_closed_resource_error(anyio_backend: Any, io: ServerSocketIO) -> None:
+async def test_closed_raises_closed_resource_error(anyio_backend: Any, io: SocketIO) -> None:
     await io.aclose()
     with pytest.raises(anyio.ClosedResourceError):
-        await io.recv_datagrams(64)
+        await io.receive(64)
 
 
-async def test_close_wakes_waiting_receiver(anyio_backend: Any, io: ServerSocketIO) -> None:
+async def test_close_wakes_waiting_receiver(anyio_backend: Any, io: SocketIO) -> None:
     outcome: list[BaseException] = []
 
     async def receive() -> None:
         try:
-            await io.recv_datagrams(64)
+            await io.receive(64)
         except anyio.ClosedResourceError as exc:
             outcome.append(exc)
 
@@ -269,7 +270,7 @@ async def test_close_wakes_waiting_receiver(anyio_backend: Any, io: ServerSocket
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="IP_RECVERR is Linux-only")
 async def test_icmp_error_counted_not_raised(
     anyio_backend: Any,
-    io: ServerSocketIO,
+    io: SocketIO,
     family_host: tuple[int, str],
     peers: list[socket.socket],
 ) -> None:
@@ -283,7 +284,7 @@ async def test_icmp_error_counted_not_raised(
     with anyio.fail_after(5):
         while io.icmp_errors == 0:
             with anyio.move_on_after(0.02):
-                await io.recv_datagrams(64)
+                await io.receive(64)
     assert io.icmp_errors == 1
     assert io.datagrams_received == 1
 
@@ -380,36 +381,32 @@ def test_decode_sockaddr() -> None:
 
 
 def test_server_socket_io_choice(monkeypatch: pytest.MonkeyPatch) -> None:
-    def kind(sock: socket.socket, **options: Any) -> type[ServerSocketIO]:
-        io = server_socket_io(sock, max_datagram_size=_LIMIT, **options)
-        io.close_now()
-        return type(io)
+    def kind(sock: socket.socket, **options: Any) -> type[object]:
+        with sock:
+            return server_strategy(sock, **options)
 
     def udp() -> socket.socket:
         return _bound_socket(socket.AF_INET, "127.0.0.1")
 
-    fast = MmsgServerSocketIO if available() else ServerSocketIO
+    fast = RecvMmsg if available() else RecvFrom
     monkeypatch.delenv(_mmsg.ENV_SWITCH, raising=False)
     assert kind(udp(), pktinfo=False) is fast
     assert kind(udp(), pktinfo=False, batched=True) is fast
-    assert kind(udp(), pktinfo=False, batched=False) is ServerSocketIO
-    assert kind(udp(), pktinfo=True) is ServerSocketIO
+    assert kind(udp(), pktinfo=False, batched=False) is RecvFrom
+    assert kind(udp(), pktinfo=True) is RecvPktinfo
     monkeypatch.setenv(_mmsg.ENV_SWITCH, "0")
-    assert kind(udp(), pktinfo=False) is ServerSocketIO
+    assert kind(udp(), pktinfo=False) is RecvFrom
     assert kind(udp(), pktinfo=False, batched=True) is fast
     if hasattr(socket, "AF_UNIX"):
         unix = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        assert kind(unix, pktinfo=False, batched=True) is ServerSocketIO
+        assert kind(unix, pktinfo=False, batched=True) is RecvFrom
 
 
 def test_unavailable_degrades_to_portable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_mmsg, "_RECVMMSG", None)
     assert not available()
-    io = server_socket_io(
-        _bound_socket(socket.AF_INET, "127.0.0.1"), max_datagram_size=_LIMIT, pktinfo=False
-    )
-    io.close_now()
-    assert type(io) is ServerSocketIO
+    with _bound_socket(socket.AF_INET, "127.0.0.1") as sock:
+        assert server_strategy(sock, pktinfo=False) is RecvFrom
 
 
 @needs_mmsg
@@ -418,7 +415,7 @@ def test_batched_io_refuses_non_ip_socket() -> None:
         socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock,
         pytest.raises(ValueError, match="IP sockets only"),
     ):
-        MmsgServerSocketIO(sock, max_datagram_size=_LIMIT)
+        SocketIO(sock, max_datagram_size=_LIMIT, strategy=RecvMmsg)
 
 
 # -- end to end: a server on the batched path ---------------------------------------------------
@@ -428,16 +425,15 @@ def test_batched_io_refuses_non_ip_socket() -> None:
 async def test_server_echo_on_batched_path(
     anyio_backend: Any, monkeypatch: pytest.MonkeyPatch, family_host: tuple[int, str]
 ) -> None:
-    # The server builds its sockets through _mmsg.server_socket_io: record what it chose.
-    chosen: list[type[ServerSocketIO]] = []
-    real_factory = server_socket_io
+    # The server picks each socket's strategy through server_strategy: record what it chose.
+    chosen: list[type[object]] = []
 
-    def build(sock: socket.socket, *, max_datagram_size: int, pktinfo: bool) -> ServerSocketIO:
-        io = real_factory(sock, max_datagram_size=max_datagram_size, pktinfo=pktinfo)
-        chosen.append(type(io))
-        return io
+    def pick(sock: socket.socket, *, pktinfo: bool) -> type[object]:
+        strategy = server_strategy(sock, pktinfo=pktinfo)
+        chosen.append(strategy)
+        return strategy
 
-    monkeypatch.setattr(_mmsg, "server_socket_io", build)
+    monkeypatch.setattr(_server_sockets, "server_strategy", pick)
     family, host = family_host
 
     async def echo(request: DatagramRequest[bytes, bytes]) -> None:
@@ -460,7 +456,7 @@ async def test_server_echo_on_batched_path(
                         await anyio.sleep(0.01)
             stats = server.statistics()
             await server.aclose()
-            assert chosen == [MmsgServerSocketIO]
+            assert chosen == [RecvMmsg]
             assert sorted(replies) == sorted(payloads)
             assert stats.datagrams_received == len(payloads)
             assert stats.bytes_received == sum(map(len, payloads))

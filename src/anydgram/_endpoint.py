@@ -16,6 +16,7 @@ from anyio import TypedAttributeProvider
 from anyio.abc import SocketAttribute
 
 from ._errors import DatagramProtocolParseError
+from ._io_core import BoundPath, normalize_address
 from ._multicast import set_membership
 from ._protocol import DatagramProtocol, RecvT, SendT, default_protocol
 from ._request import (
@@ -28,7 +29,7 @@ from ._request import (
     destination_key,
     key_from_addrinfo,
 )
-from ._socket_io import BoundPath, SocketIO, SocketProxy, normalize_address
+from ._socket_io import SocketIO, SocketProxy
 from ._statistics import EndpointStatistics
 
 __all__ = ("Address", "DatagramClient", "DatagramEndpoint", "IPAddress")
@@ -193,15 +194,16 @@ class _BaseEndpoint(TypedAttributeProvider, Generic[SendT, RecvT]):
         deadline = None if timeout is None else anyio.current_time() + timeout
         woke = False
         while True:
-            await io._fairness_checkpoint()
+            await io.fairness_checkpoint()
             if self._requests is not None:
                 raise anyio.BusyResourceError(BUSY_ACTION)
-            item = io.recv_nowait()
-            if item is not None:
+            batch = io.receive_nowait(1)
+            if batch:
                 woke = False
+                data, address, _ = batch[0]
                 if self._requests is not None:  # a request() started while this one waited
-                    self._taken_while_busy(*item)
-                yield item
+                    self._taken_while_busy(data, address)
+                yield data, address
                 # The budget bounds the iteration even when datagrams keep coming; a budget of
                 # 0 means "what is already waiting", so it ends only when nothing is.
                 if timeout and anyio.current_time() >= deadline:  # type: ignore[operator]
@@ -336,7 +338,7 @@ class DatagramClient(_BaseEndpoint[SendT, RecvT]):
         """
         if self._requests is not None:
             raise anyio.BusyResourceError(BUSY_ACTION)
-        data, address = await self._io.recv()
+        data, address = await self._io.receive_one()
         if self._requests is not None:  # a request() started while this call waited
             self._taken_while_busy(data, address)
         return self._parse(data, address)
@@ -495,7 +497,7 @@ class DatagramEndpoint(_BaseEndpoint[SendT, RecvT]):
         """
         if self._requests is not None:
             raise anyio.BusyResourceError(BUSY_ACTION)
-        data, address = await self._io.recv()
+        data, address = await self._io.receive_one()
         if self._requests is not None:  # a request() started while this call waited
             self._taken_while_busy(data, address)
         return self._parse(data, address), address

@@ -1,24 +1,11 @@
 """Batched datagram system calls on Linux: ``recvmmsg`` through :mod:`ctypes`.
 
-One ``recvmmsg`` call takes up to a whole read batch from the kernel, where the portable path
-makes one ``recvfrom`` call per datagram (and a last one that finds nothing); draining 64
-waiting 64-byte datagrams costs about a third less per datagram this way. Everything the rest
-of the library sees stays the same: each datagram is its own ``bytes`` object, each sender
-the address tuple the :mod:`socket` module gives (``(host, port)`` for IPv4, ``(host, port,
-flowinfo, scope_id)`` for IPv6), and the counters count exactly what the portable path counts.
-
-The fast path is used only where it can be: Linux, a libc with ``recvmmsg``, an ``AF_INET`` or
-``AF_INET6`` socket, and no per-datagram ancillary data (a server socket bound to a wildcard
-address needs ``IP_PKTINFO`` and keeps the portable ``recvmsg`` path). Anywhere else
-:func:`server_socket_io` returns the portable :class:`~anydgram._server_io.ServerSocketIO`:
-the batched path is an optimisation, never a reason for an error.
-
-Sends are not batched. A version that queued replies and flushed them with one ``sendmmsg`` per
-batch was measured and was slower: the kernel's work per reply (about 1.7 us on loopback, most
-of it delivering the datagram) is the same either way, queueing a reply in Python cost what the
-``sendto`` call does, and the replies left in bursts (see "Where the time goes" in
-``docs/benchmarks.md``). ``request.respond()`` therefore hands each reply to the kernel before
-it returns.
+:class:`RecvMmsg` is a receive strategy of the I/O core: one ``recvmmsg`` takes a whole read
+batch where the portable path makes one ``recvfrom`` per datagram. What the rest of the library
+sees stays the same: each datagram its own ``bytes``, each sender the tuple :mod:`socket` gives,
+the same counters. It is used only where it can be (Linux, a libc with ``recvmmsg``, an IP
+socket without per-datagram ancillary data); elsewhere :func:`server_strategy` picks the
+portable path, never an error. ``sendmmsg``, GSO and GRO belong here too, as more strategies.
 """
 
 from __future__ import annotations
@@ -32,10 +19,12 @@ import socket
 import sys
 from typing import Any, Final
 
-from ._server_io import Received, ServerSocketIO
-from ._socket_io import MAX_BATCH
+import anyio
 
-__all__ = ("MmsgReceiver", "MmsgServerSocketIO", "available", "server_socket_io")
+from ._io_core import MAX_BATCH, Received, RecvFrom, SocketCore, Tally
+from ._pktinfo import RecvPktinfo
+
+__all__ = ("MmsgReceiver", "RecvMmsg", "available", "enabled_by_environment", "server_strategy")
 
 _IS_LINUX: Final = sys.platform.startswith("linux")
 
@@ -55,10 +44,6 @@ _SOCKADDR_IN6_SIZE: Final = 28
 #: cache is cleared rather than managed, so a flood of distinct senders costs one decode each
 #: and the memory stays bounded.
 _ADDRESS_CACHE_SIZE: Final = 1024
-
-#: After this many datagrams skipped (oversize) or errors drained in one receive, it returns
-#: what it has, like the portable path's bound: junk cannot hold the event loop.
-_SKIP_BOUND: Final = MAX_BATCH
 
 
 class _IoVec(ctypes.Structure):
@@ -104,10 +89,6 @@ _RECVMMSG: Final[Any] = _load_recvmmsg()
 def available() -> bool:
     """Whether the batched path can be used here (Linux, and libc has ``recvmmsg``)."""
     return _RECVMMSG is not None
-
-
-def _enabled_by_environment() -> bool:
-    return os.environ.get(ENV_SWITCH, "").strip().lower() not in {"0", "false", "no", "off"}
 
 
 def decode_sockaddr_untrusted(raw: bytes) -> Any:
@@ -280,112 +261,71 @@ class MmsgReceiver:
         return batch, sum(lengths) - skipped_bytes, oversize
 
 
-class MmsgServerSocketIO(ServerSocketIO):
-    """A server socket bound to a specific IP address, receiving with ``recvmmsg``.
+class RecvMmsg:
+    """The Linux batched receive: one ``recvmmsg`` for a whole batch (IPv4 and IPv6 only)."""
 
-    Replies and counters are those of :class:`~anydgram._server_io.ServerSocketIO`; only the
-    receive differs: one system call per batch instead of one per datagram. Build it through
-    :func:`server_socket_io`, which checks that the fast path applies.
+    __slots__ = ("_core", "_receiver")
 
-    Args:
-        sock: A bound, unconnected ``AF_INET`` or ``AF_INET6`` UDP socket.
-        max_datagram_size: The protocol's limit (see :class:`~anydgram._socket_io.SocketIO`).
-        capacity: The most datagrams one system call takes.
-    """
+    def __init__(self, core: SocketCore, capacity: int = MAX_BATCH) -> None:
+        if core.family not in (socket.AF_INET, socket.AF_INET6):
+            raise ValueError(f"recvmmsg is used for IP sockets only, not {core.family!r}")
+        self._core = core
+        self._receiver = MmsgReceiver(capacity, core.bufsize, core.family)
 
-    __slots__ = ("_receiver",)
-
-    # Declared again (annotations only; the slots are SocketIO's) so that the type checkers
-    # do not infer them from this class's own updates.
-    datagrams_received: int
-    bytes_received: int
-
-    def __init__(
-        self, sock: socket.socket, *, max_datagram_size: int, capacity: int = MAX_BATCH
-    ) -> None:
-        if sock.family not in (socket.AF_INET, socket.AF_INET6):
-            raise ValueError(f"recvmmsg is used for IP sockets only, not {sock.family!r}")
-        super().__init__(sock, max_datagram_size=max_datagram_size, pktinfo=False)
-        self._receiver = MmsgReceiver(capacity, max_datagram_size + 1, sock.family)
-
-    async def recv_datagrams(self, max_count: int) -> list[Received]:
-        """Wait until a datagram is ready, then take up to ``max_count`` of them.
-
-        A cancellation loses nothing: it happens before a datagram is taken, or not at all.
-
-        Returns:
-            ``(datagram, sender, None)`` triples (replies leave from the bound address).
-
-        Raises:
-            anyio.ClosedResourceError: The socket was closed, before or during the wait.
-            OSError: Anything but an ICMP error the kernel reports (those are counted).
-        """
-        await self._fairness_checkpoint()
-        woke = False
-        while True:
-            batch = self.recv_datagrams_nowait(max_count)
-            if batch:
-                return batch
-            await self.wait_readable(after_wakeup=woke)
-            woke = True
-
-    def recv_datagrams_nowait(self, max_count: int) -> list[Received]:
-        """Take up to ``max_count`` waiting datagrams without blocking (possibly none).
-
-        Oversize datagrams are counted and skipped, ICMP errors drained into ``icmp_errors``;
-        after ``_SKIP_BOUND`` of those an empty batch may come back while more waits (the
-        caller then waits, which returns at once).
-
-        Raises:
-            anyio.ClosedResourceError: The socket was closed.
-            OSError: Anything but an ICMP error the kernel reports.
-        """
-        self._check_open()
+    def receive(self, max_count: int, tally: Tally) -> list[Received]:
+        """Take up to ``max_count`` waiting datagrams without blocking (possibly none)."""
+        core = self._core
+        if core.closed:
+            raise anyio.ClosedResourceError
         receive = self._receiver.receive
-        fd = self.sock.fileno()
+        fd = core.sock.fileno()
         skipped = 0
         while True:
             try:
                 batch, nbytes, oversize = receive(fd, max_count)
             except OSError as exc:
-                self._recv_failed(exc)  # raises unless it was a (counted) ICMP error
+                core.receive_failed(exc, tally)  # raises unless it was a (counted) ICMP error
                 skipped += 1
-                if skipped >= _SKIP_BOUND:
+                if skipped >= MAX_BATCH:
                     return []
                 continue
             if oversize:
-                self.oversize += oversize
+                tally.oversize += oversize
                 skipped += oversize
             if batch:
-                self.datagrams_received += len(batch)
-                self.bytes_received += nbytes
+                tally.datagrams_received += len(batch)
+                tally.bytes_received += nbytes
                 return batch
-            if not oversize or skipped >= _SKIP_BOUND:
+            if not oversize or skipped >= MAX_BATCH:
                 return []
 
 
-def server_socket_io(
-    sock: socket.socket, *, max_datagram_size: int, pktinfo: bool, batched: bool | None = None
-) -> ServerSocketIO:
-    """The server socket I/O for ``sock``: batched system calls where they apply.
+def enabled_by_environment() -> bool:
+    """Whether ``ANYDGRAM_BATCHED_SYSCALLS`` leaves the batched path on (it is by default)."""
+    return os.environ.get(ENV_SWITCH, "").strip().lower() not in {"0", "false", "no", "off"}
+
+
+def server_strategy(
+    sock: socket.socket, *, pktinfo: bool, batched: bool | None = None
+) -> type[RecvFrom] | type[RecvPktinfo] | type[RecvMmsg]:
+    """The receive strategy for a server socket: batched system calls where they apply.
 
     Args:
         sock: A bound, unconnected UDP socket.
-        max_datagram_size: The protocol's limit.
-        pktinfo: Whether the socket replies from each datagram's destination address (see
-            :class:`~anydgram._server_io.ServerSocketIO`); such sockets keep the portable path.
+        pktinfo: Whether it replies from each datagram's destination (wildcard binds); such
+            sockets receive with ``recvmsg``.
         batched: ``False`` for the portable path; ``True`` for the batched one wherever it
-            applies; ``None`` (automatic) as ``True`` unless the environment variable
-            ``ANYDGRAM_BATCHED_SYSCALLS`` is ``0``.
+            applies; ``None`` (automatic) as ``True`` unless ``ANYDGRAM_BATCHED_SYSCALLS=0``.
     """
+    if pktinfo:
+        return RecvPktinfo
     if batched is None:
-        batched = _enabled_by_environment()
+        batched = enabled_by_environment()
     if (
         batched
-        and not pktinfo
         and available()
         and sock.family in (socket.AF_INET, socket.AF_INET6)
         and sock.type == socket.SOCK_DGRAM
     ):
-        return MmsgServerSocketIO(sock, max_datagram_size=max_datagram_size)
-    return ServerSocketIO(sock, max_datagram_size=max_datagram_size, pktinfo=pktinfo)
+        return RecvMmsg
+    return RecvFrom

@@ -10,6 +10,10 @@ import errno
 import ipaddress
 import socket
 import struct
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._io_core import SocketLike
 
 __all__ = ("membership_option", "set_membership")
 
@@ -71,7 +75,7 @@ def membership_option(
 
 
 def set_membership(
-    sock: socket.socket, group: str, interface: str | int | None, *, join: bool
+    sock: SocketLike, group: str, interface: str | int | None, *, join: bool
 ) -> None:
     """Join (or leave) ``group`` on ``sock``.
 

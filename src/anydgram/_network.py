@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from ._server_io import ServerTransport
+    from ._socket_io import SocketIO
 
 __all__ = ("ServerNetwork",)
 
@@ -21,6 +21,6 @@ class ServerNetwork(Protocol):
 
     def open_server_transports(
         self, hosts: Sequence[str] | None, port: int, max_datagram_size: int
-    ) -> Sequence[ServerTransport]:
+    ) -> Sequence[SocketIO]:
         """Bind one transport per host (every wildcard for ``None``), all on one port."""
         ...

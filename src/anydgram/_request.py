@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Final, Generic
 import anyio
 
 from ._errors import DatagramProtocolParseError
+from ._io_core import MAX_BATCH
 from ._protocol import RecvT
 
 if TYPE_CHECKING:
@@ -374,7 +375,7 @@ class AsyncRequests(Generic[RecvT]):
     def _drop_stale(self) -> None:
         dropped = 0
         while dropped < _MAX_STALE:
-            batch = self._io.recv_batch_nowait(64)
+            batch = self._io.receive_nowait(MAX_BATCH)
             if not batch:
                 break
             dropped += len(batch)
@@ -405,7 +406,7 @@ class AsyncRequests(Generic[RecvT]):
             with anyio.CancelScope(deadline=deadline) as scope:
                 self._reader_scope = scope
                 while not entry.done:
-                    data, address = await self._io.recv()
+                    data, address = await self._io.receive_one()
                     self.deliver(data, address)
         finally:
             self._reader = None

@@ -20,6 +20,7 @@ import anyio
 
 from ._endpoint import Address, _check_datagram_socket
 from ._errors import DatagramProtocolParseError
+from ._io_core import normalize_address
 from ._open_endpoint import check_host, check_port, connect_first
 from ._protocol import DatagramProtocol, RecvT, SendT, default_protocol
 from ._request import (
@@ -30,7 +31,7 @@ from ._request import (
     attempt_timeouts,
     check_match,
 )
-from ._socket_io import SocketProxy, normalize_address
+from ._socket_io import SocketProxy
 from ._statistics import EndpointStatistics
 from ._sync_socket import ThreadedSocketIO, deadline_after
 

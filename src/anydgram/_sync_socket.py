@@ -17,7 +17,6 @@ for the async endpoints (the same exceptions, the same counters).
 from __future__ import annotations
 
 import contextlib
-import errno
 import math
 import os
 import select
@@ -28,18 +27,8 @@ from typing import Any, Final, Protocol
 
 import anyio
 
-from ._errors import DatagramTooLargeError
-from ._socket_io import (
-    _ICMP_ERRNOS,  # pyright: ignore[reportPrivateUsage]
-    _IS_LINUX,  # pyright: ignore[reportPrivateUsage]
-    _UNIX_BACKOFF_FIRST,  # pyright: ignore[reportPrivateUsage]
-    _UNIX_BACKOFF_MAX,  # pyright: ignore[reportPrivateUsage]
-    MAX_BATCH,
-    BoundPath,
-    drain_unread,
-    normalize_address,
-    read_kernel_drops,
-)
+from ._io_core import IS_LINUX, BoundPath, SocketCore, Tally
+from ._socket_io import UNIX_BACKOFF_FIRST, UNIX_BACKOFF_MAX
 
 __all__ = ("ThreadedSocketIO", "deadline_after")
 
@@ -109,7 +98,7 @@ class _Waker:
 class _Side:
     """One direction's lock, the threads inside it, and its counters."""
 
-    __slots__ = ("datagrams", "errors", "icmp", "left", "lock", "nbytes", "threads", "users")
+    __slots__ = ("left", "lock", "tally", "threads", "users")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -119,36 +108,27 @@ class _Side:
         self.threads: dict[int, int] = {}
         #: Notified (once the endpoint is closed) whenever a user leaves.
         self.left = threading.Condition(self.lock)
-        self.datagrams = 0
-        self.nbytes = 0
-        #: ``oversize`` for receiving, ``send_errors`` for sending.
-        self.errors = 0
-        self.icmp = 0
+        self.tally = Tally()
 
 
 class ThreadedSocketIO:
     """Blocking datagram I/O on one non-blocking socket, safe to share between threads.
 
-    ``max_datagram_size`` is the protocol's limit: receives read one byte more, so a longer
-    datagram is detected (and counted in ``oversize``) instead of being silently truncated.
+    The system calls and their errors are the core's; this adds ``poll()``, the waker and the
+    accounting of the threads inside each direction.
     """
 
     __slots__ = (
-        "_bufsize",
         "_close_lock",
         "_closed",
-        "_connected",
+        "_core",
         "_drain_on_wake",
         "_fd",
-        "_is_unix",
-        "_max_datagram_size",
-        "_peer",
         "_recv",
         "_release_pending",
         "_released",
         "_send",
-        "_unlink_path",
-        "_unread_at_close",
+        "_unread",
         "_waker",
         "sock",
     )
@@ -161,23 +141,19 @@ class ThreadedSocketIO:
         connected: bool,
         unlink_path: BoundPath | None = None,
     ) -> None:
-        sock.setblocking(False)
+        self._core = SocketCore(
+            sock, max_datagram_size=max_datagram_size, connected=connected, unlink_path=unlink_path
+        )
         self.sock = sock
         self._fd = sock.fileno()
-        self._is_unix = sock.family == socket.AF_UNIX
-        self._connected = connected
-        self._peer: Any = normalize_address(sock.family, sock.getpeername()) if connected else None
         # With IP_RECVERR, a queued ICMP error keeps poll() reporting an unconnected IP socket
         # readable until the error queue is read.
-        self._drain_on_wake = _IS_LINUX and not connected and not self._is_unix
-        self._max_datagram_size = max_datagram_size
-        self._bufsize = max_datagram_size + 1
-        self._unlink_path = unlink_path
+        self._drain_on_wake = IS_LINUX and not connected and sock.family != socket.AF_UNIX
         self._waker = _Waker()
         self._closed = False
         self._released = False
         self._release_pending = False
-        self._unread_at_close = 0
+        self._unread = Tally()  # unread_at_close, counted by the release
         self._close_lock = threading.Lock()
         self._recv = _Side()
         self._send = _Side()
@@ -192,39 +168,22 @@ class ThreadedSocketIO:
     @property
     def peer(self) -> Any:
         """The connected peer's address, or ``None`` for an unconnected socket."""
-        return self._peer
+        return self._core.peer
 
     def counters(self) -> dict[str, int]:
         """The I/O counters, under the names :class:`~anydgram.EndpointStatistics` uses."""
-        recv, send = self._recv, self._send
-        return {
-            "datagrams_received": recv.datagrams,
-            "bytes_received": recv.nbytes,
-            "oversize": recv.errors,
-            "datagrams_sent": send.datagrams,
-            "bytes_sent": send.nbytes,
-            "send_errors": send.errors,
-            "icmp_errors": recv.icmp + send.icmp,
-            "unread_at_close": self._unread_at_close,
-        }
+        total = Tally()
+        for tally in (self._recv.tally, self._send.tally, self._unread):
+            total.add(tally)
+        return total.as_dict()
 
     def kernel_drops(self) -> int:
         """Datagrams the kernel dropped for this socket (0 where the platform cannot say)."""
-        if self._closed:
-            return 0
-        return read_kernel_drops(self.sock)
+        return 0 if self._closed else self._core.kernel_drops()
 
     def buffer_sizes(self) -> tuple[int, int]:
         """The receive and send buffer sizes the kernel granted, in bytes (0 once closed)."""
-        if self._closed:
-            return 0, 0
-        try:
-            return (
-                self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
-                self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
-            )
-        except OSError:  # closed by another thread meanwhile
-            return 0, 0
+        return (0, 0) if self._closed else self._core.buffer_sizes()
 
     def _enter(self, side: _Side) -> None:
         with side.lock:
@@ -251,6 +210,14 @@ class ThreadedSocketIO:
             return False
         side.left.notify_all()
         return self._release_pending and not side.users
+
+    def _leave(self, side: _Side, tally: Tally) -> None:
+        """Add one call's counts to ``side`` and count the thread out (releasing if last)."""
+        with side.lock:
+            side.tally.add(tally)
+            release = self._leave_locked(side)
+        if release:
+            self._release_deferred()
 
     def _wait(self, events: int, deadline: float | None) -> None:
         """Wait until the socket reports ``events``, the endpoint closes or ``deadline`` passes.
@@ -288,9 +255,8 @@ class ThreadedSocketIO:
     def recv(self, deadline: float | None, busy: _Busy | None = None) -> tuple[bytes, Any]:
         """Wait for one datagram of at most ``max_datagram_size`` bytes; ``(data, sender)``.
 
-        Longer datagrams are counted in ``oversize`` and skipped. ``busy``, when given, is an
-        object whose ``pending`` attribute is checked before each read: while it is non-zero
-        the receive is refused, because ``request()`` calls are reading for themselves.
+        ``busy``, when given, is checked before each read: while its ``pending`` count is
+        non-zero the receive is refused, because ``request()`` calls read for themselves.
 
         Raises:
             TimeoutError: ``deadline`` passed with nothing received; nothing was taken.
@@ -301,47 +267,22 @@ class ThreadedSocketIO:
         """
         side = self._recv
         self._enter(side)
-        received = oversize = icmp = nbytes = 0
+        tally = Tally()
         try:
-            sock = self.sock
-            bufsize = self._bufsize
+            receive = self._core.receive
             woke = False
             while True:
                 if busy is not None and busy.pending:
                     raise anyio.BusyResourceError(_BUSY_ACTION)
-                for _ in range(MAX_BATCH):
-                    try:
-                        if self._connected:
-                            data = sock.recv(bufsize)
-                            address = self._peer
-                        else:
-                            data, address = sock.recvfrom(bufsize)
-                    except BlockingIOError:
-                        break
-                    except OSError as exc:
-                        icmp += self._recv_error(exc)
-                        continue
-                    if len(data) > self._max_datagram_size:
-                        oversize += 1
-                        continue
-                    received = 1
-                    nbytes = len(data)
-                    if self._is_unix:
-                        address = normalize_address(socket.AF_UNIX, address)
-                    return data, address
+                batch = receive(1, tally)
+                if batch:
+                    return batch[0][0], batch[0][1]
                 if woke and self._drain_on_wake:
-                    icmp += self._drain_error_queue()
+                    self._core.drain_error_queue(tally)
                 self._wait(select.POLLIN, deadline)
                 woke = True
         finally:
-            with side.lock:
-                side.datagrams += received
-                side.nbytes += nbytes
-                side.errors += oversize
-                side.icmp += icmp
-                release = self._leave_locked(side)
-            if release:
-                self._release_deferred()
+            self._leave(side, tally)
 
     def drop_waiting(self, limit: int) -> int:
         """Take and discard up to ``limit`` datagrams already waiting; how many were taken.
@@ -351,59 +292,11 @@ class ThreadedSocketIO:
         """
         side = self._recv
         self._enter(side)
-        taken = nbytes = oversize = icmp = 0
+        tally = Tally()
         try:
-            sock = self.sock
-            bufsize = self._bufsize
-            for _ in range(limit):
-                try:
-                    data = sock.recv(bufsize)
-                except BlockingIOError:
-                    break
-                except OSError as exc:
-                    icmp += self._recv_error(exc)
-                    continue
-                if len(data) > self._max_datagram_size:
-                    oversize += 1
-                else:
-                    taken += 1
-                    nbytes += len(data)
-            return taken
+            return len(self._core.receive(limit, tally))
         finally:
-            with side.lock:
-                side.datagrams += taken
-                side.nbytes += nbytes
-                side.errors += oversize
-                side.icmp += icmp
-                release = self._leave_locked(side)
-            if release:
-                self._release_deferred()
-
-    def _recv_error(self, exc: OSError) -> int:
-        """Translate a receive error; returns how many ICMP errors it accounted for."""
-        if self._closed or exc.errno == errno.EBADF:
-            raise anyio.ClosedResourceError from None
-        if exc.errno in _ICMP_ERRNOS:
-            if self._connected:
-                with self._recv.lock:
-                    self._recv.icmp += 1
-                raise exc
-            # Unconnected: the same error is queued on the error queue, counted there.
-            return self._drain_error_queue() or 1
-        raise exc
-
-    def _drain_error_queue(self) -> int:
-        """Read queued ICMP errors (``MSG_ERRQUEUE``); how many were read. Bounded per call."""
-        if not _IS_LINUX:
-            return 0
-        drained = 0
-        for _ in range(MAX_BATCH):
-            try:
-                self.sock.recvmsg(1, 1024, socket.MSG_ERRQUEUE)
-            except OSError:  # EAGAIN: the queue is empty
-                break
-            drained += 1
-        return drained
+            self._leave(side, tally)
 
     # -- sending -----------------------------------------------------------------------------
 
@@ -422,69 +315,25 @@ class ThreadedSocketIO:
         """
         side = self._send
         self._enter(side)
-        counts = [0, 0]  # ICMP errors, other send errors
-        sent = False
+        tally = Tally()
+        core = self._core
         try:
             # Unconnected Unix: poll() reports the socket writable (its own buffer has room)
             # while the peer's queue is full, so there is nothing to wait on but time.
-            delay = _UNIX_BACKOFF_FIRST
+            delay = UNIX_BACKOFF_FIRST
             woke_writable = False
-            while not self._send_once(data, address, counts):
+            while not core.send(data, address, None, tally):
                 now = time.monotonic()
                 if deadline is not None and now >= deadline:
                     raise TimeoutError("timed out")
-                if self._is_unix and not self._connected and woke_writable:
+                if core.is_unix and not core.connected and woke_writable:
                     self._sleep(delay if deadline is None else min(delay, deadline - now))
-                    delay = min(delay * 2, _UNIX_BACKOFF_MAX)
+                    delay = min(delay * 2, UNIX_BACKOFF_MAX)
                 else:
                     self._wait(select.POLLOUT, deadline)
                     woke_writable = True
-            sent = True
         finally:
-            with side.lock:
-                if sent:
-                    side.datagrams += 1
-                    side.nbytes += len(data)
-                side.icmp += counts[0]
-                side.errors += counts[1]
-                release = self._leave_locked(side)
-            if release:
-                self._release_deferred()
-
-    def _send_once(self, data: bytes, address: Any, counts: list[int]) -> bool:
-        """One send attempt; ``False`` if the kernel would block. Errors as for :meth:`send`."""
-        sock = self.sock
-        for attempt in (0, 1):
-            try:
-                if self._connected:
-                    sock.send(data)
-                else:
-                    sock.sendto(data, address)
-            except BlockingIOError:
-                return False
-            except OSError as exc:
-                if self._closed or exc.errno == errno.EBADF:
-                    raise anyio.ClosedResourceError from None
-                if exc.errno == errno.EMSGSIZE:
-                    counts[1] += 1
-                    raise DatagramTooLargeError(
-                        len(data),
-                        len(data) - 1,
-                        f"the kernel refused a datagram of {len(data)} bytes (EMSGSIZE)",
-                    ) from exc
-                if exc.errno in _ICMP_ERRNOS:
-                    if not self._connected and attempt == 0:
-                        # A pending ICMP error for an earlier send to another peer fails this
-                        # send too; it is on the error queue as well, counted from there.
-                        counts[0] += self._drain_error_queue() or 1
-                        continue
-                    counts[0] += 1
-                else:
-                    counts[1] += 1
-                raise
-            else:
-                return True
-        raise AssertionError("unreachable")  # pragma: no cover
+            self._leave(side, tally)
 
     # -- closing -----------------------------------------------------------------------------
 
@@ -533,11 +382,6 @@ class ThreadedSocketIO:
         """Close the file descriptors and remove the socket file (``_close_lock`` held)."""
         self._released = True
         try:
-            with contextlib.suppress(OSError):
-                self._unread_at_close += drain_unread(self.sock)
-            self.sock.close()
+            self._core.release(self._unread)
         finally:
             self._waker.close()
-            path = self._unlink_path
-            if path is not None:
-                path.remove()

@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
@@ -37,9 +37,25 @@ if TYPE_CHECKING:
     from multiprocessing.connection import Connection
     from multiprocessing.process import BaseProcess
 
-    from ._server import DatagramServer
+    from ._endpoint import IPAddress
 
-__all__ = ("resolve_backend", "run_in_this_process", "run_workers")
+__all__ = ("Servable", "resolve_backend", "run_in_this_process", "run_workers")
+
+
+class Servable(Protocol):
+    """What running a server from blocking code needs of it (its life cycle)."""
+
+    @property
+    def logger(self) -> logging.Logger: ...
+
+    async def open(self) -> None: ...
+    async def serve(self, *, task_status: TaskStatus[tuple[IPAddress, ...]] = ...) -> None: ...
+    async def abandon(self) -> None: ...
+    async def wait_closed(self) -> None: ...
+    async def shutdown(self, grace_period: float) -> None: ...
+    async def aclose(self) -> None: ...
+    def use_port(self, port: int | None) -> None: ...
+
 
 _SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
 
@@ -60,7 +76,7 @@ def resolve_backend(
 
 
 def run_in_this_process(
-    server: DatagramServer[Any, Any],
+    server: Servable,
     backend: str,
     options: dict[str, Any],
     on_started: Callable[[tuple[Any, ...]], None] | None = None,
@@ -78,38 +94,33 @@ def run_in_this_process(
 
 
 async def _serve_until_signalled(
-    server: DatagramServer[Any, Any],
+    server: Servable,
     on_started: Callable[[tuple[Any, ...]], None] | None,
     signals: tuple[signal.Signals, ...],
 ) -> None:
     # Bound first, outside the task group, so a bind error comes out as itself.
-    await server._open()
+    await server.open()
     try:
         async with anyio.create_task_group() as tg:
             if threading.current_thread() is threading.main_thread():
                 await tg.start(_stop_on_signals, server, tg, signals)
-            addresses = await tg.start(server._serve)
+            addresses = await tg.start(server.serve)
             if on_started is not None:
                 on_started(addresses)
-            assert server._stopped is not None
-            await server._stopped.wait()
+            await server.wait_closed()
             tg.cancel_scope.cancel()
     finally:
-        if server._state == "starting":  # _serve() never ran: close what _open() bound
-            for transport in server._transports:
-                await transport.aclose()
-            server._state = "closed"
-            server._addresses = ()
+        await server.abandon()  # serve() never ran: close what open() bound
 
 
 async def _stop_on_signals(
-    server: DatagramServer[Any, Any],
+    server: Servable,
     tg: TaskGroup,
     which: tuple[signal.Signals, ...],
     *,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    logger = server._log.logger
+    logger = server.logger
     with anyio.open_signal_receiver(*which) as signals:
         task_status.started()
         received = 0
@@ -118,7 +129,7 @@ async def _stop_on_signals(
             name = signal.Signals(signum).name
             if received == 1:
                 logger.info("received %s: shutting down", name)
-                tg.start_soon(server.shutdown)
+                tg.start_soon(server.shutdown, 5.0)
             else:
                 logger.info("received %s again: closing now", name)
                 tg.start_soon(server.aclose)
@@ -156,7 +167,7 @@ def _die_with_parent() -> None:
 
 
 def _worker_main(
-    server: DatagramServer[Any, Any],
+    server: Servable,
     port: int | None,
     reports: Connection,
     close_fds: list[int],
@@ -176,7 +187,7 @@ def _worker_main(
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
     if os.getppid() != supervisor:  # the supervisor died before prctl() took effect
         return
-    server._use_port(server._port if port is None else port)
+    server.use_port(port)
 
     def started(addresses: tuple[Any, ...]) -> None:
         reports.send(("started", addresses))
@@ -194,9 +205,7 @@ def _worker_main(
         reports.close()
 
 
-def run_workers(
-    server: DatagramServer[Any, Any], count: int, backend: str, options: dict[str, Any]
-) -> None:
+def run_workers(server: Servable, count: int, backend: str, options: dict[str, Any]) -> None:
     """Run ``server`` in ``count`` forked worker processes until SIGINT/SIGTERM.
 
     Raises:
@@ -217,16 +226,14 @@ def run_workers(
 class Supervisor:
     """Starts the workers, passes signals on, and stops them all when one fails."""
 
-    def __init__(
-        self, server: DatagramServer[Any, Any], count: int, backend: str, options: dict[str, Any]
-    ) -> None:
+    def __init__(self, server: Servable, count: int, backend: str, options: dict[str, Any]) -> None:
         self._server = server
         self._count = count
         self._backend = backend
         self._options = options
         import multiprocessing
 
-        self._logger: logging.Logger = server._log.logger
+        self._logger: logging.Logger = server.logger
         self._context = multiprocessing.get_context("fork")
         self._workers: list[_Worker] = []
         self._signals_received = 0

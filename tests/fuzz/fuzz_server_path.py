@@ -4,14 +4,15 @@ What it covers, per input (a list of datagrams, a protocol and a mode):
 
 1. The datagrams are sent over a Unix datagram socket pair (the kernel keeps their
    boundaries; no network is involved) and taken with the non-waiting half of the shared
-   receive code, :class:`anydgram._socket_io.SocketIO` (``recv_batch_nowait``,
-   ``recv_nowait`` and the skipping of datagrams over ``max_datagram_size``).
-2. Server modes: batches are read through a :class:`~anydgram._server_io.ServerSocketIO`
-   whose ``recv_datagrams`` does not wait (it returns what the socket holds and raises
+   receive code, :class:`anydgram._socket_io.SocketIO` (``receive_nowait`` over the core's
+   portable strategy, and the skipping of datagrams over ``max_datagram_size``).
+2. Server modes: batches are read through a :class:`~anydgram._socket_io.SocketIO`
+   whose ``receive`` does not wait (it returns what the socket holds and raises
    :exc:`anyio.ClosedResourceError` when it holds nothing; the coroutine is stepped by hand,
    with no event loop), at most ``MAX_BATCH`` and the room the handler bound leaves at a
    time (computed here: the server's reader loop also runs handlers and waits, so it is not
-   stepped), and each batch goes through the server's own ``DatagramServer._queue_batch``.
+   stepped), and each batch goes through the server's own intake
+   (``anydgram._server_intake.Intake.queue_batch``).
    That runs, per datagram, the parse, the ``parse_errors`` count, the sender filled into the
    error, the rate-limited log record (formatted by a handler that raises on failure) and the
    queued :class:`~anydgram.DatagramRequest` (or the request for ``parse_error_handler``).
@@ -62,8 +63,8 @@ from anydgram import (
     DatagramRequest,
     DatagramServer,
 )
-from anydgram._server_io import Received, ServerSocketIO
-from anydgram._socket_io import MAX_BATCH, SocketIO, normalize_address
+from anydgram._io_core import MAX_BATCH, Received, normalize_address
+from anydgram._socket_io import SocketIO
 from anydgram.serializers import (
     BytesSerializer,
     HMACSerializer,
@@ -110,18 +111,18 @@ if not _LOGGER.handlers:
     _LOGGER.addHandler(_FormatEveryRecord())
 
 
-class _NoWaitServerSocketIO(ServerSocketIO):
+class _NoWaitSocketIO(SocketIO):
     """A server socket whose receive never waits: "nothing there" ends the reader loop."""
 
     __slots__ = ()
 
-    async def recv_datagrams(self, max_count: int) -> list[Received]:
-        # ServerSocketIO.recv_datagrams without pktinfo is this, after a fairness checkpoint
-        # and with a wait where the batch is empty.
-        batch = self.recv_batch_nowait(max_count)
+    async def receive(self, max_count: int) -> list[Received]:
+        # SocketIO.receive is this, after a fairness checkpoint and with a wait where the
+        # batch is empty.
+        batch = self.receive_nowait(max_count)
         if not batch:
             raise anyio.ClosedResourceError
-        return [(data, address, None) for data, address in batch]
+        return batch
 
 
 async def _never_called(request: DatagramRequest[Any, Any]) -> None:
@@ -201,7 +202,7 @@ def _check_counters(
 ) -> list[bytes]:
     """Check the socket side's counters; return the datagrams it should have delivered."""
     expected = [d for d in datagrams if len(d) <= protocol.max_datagram_size]
-    assert io.recv_nowait() is None, "a datagram was left unread"
+    assert not io.receive_nowait(1), "a datagram was left unread"
     assert io.datagrams_received == len(expected)
     assert io.oversize == len(datagrams) - len(expected)
     assert io.bytes_received == sum(map(len, expected))
@@ -236,29 +237,27 @@ def _run_server(
         logger=_LOGGER,
         parse_error_handler=_never_called if with_hook else None,
     )
-    io = _NoWaitServerSocketIO(
-        receiver, max_datagram_size=protocol.max_datagram_size, pktinfo=False
-    )
+    io = _NoWaitSocketIO(receiver, max_datagram_size=protocol.max_datagram_size)
     # statistics() sums the counters of the serving transports.
-    server._transports = [io]
+    server._life.transports = [io]
     sender_address = normalize_address(socket.AF_UNIX, sender.getsockname())
     try:
         for start in range(0, len(datagrams), SEND_CHUNK):
             for datagram in datagrams[start : start + SEND_CHUNK]:
                 sender.send(datagram)
             while True:
-                take = min(bound - len(server._pending), MAX_BATCH)
+                take = min(bound - len(server._intake.pending), MAX_BATCH)
                 try:
-                    batch = _step_without_loop(io.recv_datagrams(take))
+                    batch = _step_without_loop(io.receive(take))
                 except anyio.ClosedResourceError:
                     break
-                server._queue_batch(io, batch)
+                server._intake.queue_batch(io, batch)
         server._log.flush()
         received = _check_counters(io, protocol, datagrams)
         outcomes = [_expected_outcome(protocol, d) for d in received]
         errors = [o for o in outcomes if isinstance(o, DatagramProtocolParseError)]
         queued = [o for o in outcomes if with_hook or not isinstance(o, DatagramProtocolParseError)]
-        requests = list(server._pending)
+        requests = list(server._intake.pending)
         assert len(requests) == len(queued), "a request was lost or invented"
         for request, outcome in zip(requests, queued, strict=True):
             assert request.address == sender_address
@@ -299,8 +298,8 @@ def _run_endpoint(
         for start in range(0, len(datagrams), SEND_CHUNK):
             for datagram in datagrams[start : start + SEND_CHUNK]:
                 sender.send(datagram)
-            while (item := io.recv_nowait()) is not None:
-                data, address = item
+            while batch := io.receive_nowait(1):
+                data, address, _ = batch[0]
                 assert address == sender_address
                 received.append(data)
                 outcome = _expected_outcome(protocol, data)

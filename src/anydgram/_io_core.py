@@ -1,0 +1,431 @@
+"""The I/O core: the system calls on one non-blocking datagram socket.
+
+Every socket of the library (async endpoint, server socket, blocking endpoint, memory network
+endpoint) is a :class:`SocketCore` with a receive strategy, and only the way its user waits
+differs. This module is the one place where OS errors become anydgram's errors and are
+counted. Nothing here waits: a call that would block returns empty-handed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import socket
+import stat
+import struct
+import sys
+from collections.abc import Callable, Iterable
+from typing import Any, Final, Protocol, overload
+
+import anyio
+
+from ._errors import DatagramTooLargeError
+
+__all__ = (
+    "MAX_BATCH",
+    "BoundPath",
+    "ReceiveStrategy",
+    "Received",
+    "RecvFrom",
+    "ReplySource",
+    "SocketCore",
+    "SocketLike",
+    "Tally",
+    "drain_unread",
+    "normalize_address",
+    "read_kernel_drops",
+    "set_recverr",
+)
+
+IS_LINUX: Final = sys.platform.startswith("linux")
+
+# Linux values the socket module of Python 3.11 does not export.
+SO_MEMINFO: Final = 55
+SK_MEMINFO_DROPS: Final = 8
+IP_RECVERR: Final = 11
+IPV6_RECVERR: Final = 25
+
+#: Errors the kernel reports from an ICMP message (or a local route failure) for an earlier send.
+ICMP_ERRNOS: Final = frozenset(
+    {
+        errno.ECONNREFUSED,
+        errno.EHOSTUNREACH,
+        errno.ENETUNREACH,
+        errno.EHOSTDOWN,
+        errno.ENETDOWN,
+        errno.EPROTO,
+        errno.ECONNRESET,
+    }
+)
+
+#: The most datagrams one receive takes (a server's read batch), and the most it skips
+#: (oversize datagrams, queued ICMP errors) before giving up the CPU; also one drain's bound.
+MAX_BATCH: Final = 64
+
+#: At most this many datagrams are drained (and counted in ``unread_at_close``) when a socket
+#: closes; a receive buffer holds far fewer, so the bound only matters if a sender keeps up.
+MAX_DRAIN_AT_CLOSE: Final = 1 << 16
+
+#: Ancillary data that makes a reply leave from the address a request was sent to (``sendmsg``
+#: control messages), or ``None`` to let the kernel choose.
+ReplySource = list[tuple[int, int, bytes]]
+#: One received datagram: ``(payload, sender, reply source)``.
+Received = tuple[bytes, Any, ReplySource | None]
+
+
+class SocketLike(Protocol):
+    """The part of :class:`socket.socket` the core uses; the memory network supplies a fake."""
+
+    @property
+    def family(self) -> socket.AddressFamily: ...
+    @property
+    def type(self) -> socket.SocketKind: ...
+    @property
+    def proto(self) -> int: ...
+
+    def fileno(self) -> int: ...
+    def recv(self, bufsize: int, flags: int = ..., /) -> bytes: ...
+    def recvfrom(self, bufsize: int, flags: int = ..., /) -> tuple[bytes, Any]: ...
+    def recvmsg(
+        self, bufsize: int, ancbufsize: int = ..., flags: int = ..., /
+    ) -> tuple[bytes, list[tuple[int, int, bytes]], int, Any]: ...
+    def send(self, data: bytes, flags: int = ..., /) -> int: ...
+    def sendto(self, data: bytes, address: Any, /) -> int: ...
+    def sendmsg(
+        self,
+        buffers: Iterable[bytes],
+        ancdata: Iterable[tuple[int, int, bytes]] = ...,
+        flags: int = ...,
+        address: Any = ...,
+        /,
+    ) -> int: ...
+    def getsockname(self) -> Any: ...
+    def getpeername(self) -> Any: ...
+    @overload
+    def getsockopt(self, level: int, option: int, /) -> int: ...
+    @overload
+    def getsockopt(self, level: int, option: int, buflen: int, /) -> bytes: ...
+    def setsockopt(self, level: int, option: int, value: int | bytes, /) -> None: ...
+    def setblocking(self, flag: bool, /) -> None: ...
+    def close(self) -> None: ...
+
+
+class BoundPath:
+    """A Unix socket file this process bound, removed at close only while it is still ours."""
+
+    __slots__ = ("_identity", "path")
+
+    def __init__(self, path: str, identity: tuple[int, int]) -> None:
+        self.path: str = path
+        # Device and inode right after bind(): a path removed and bound again by someone else
+        # is a different file, which remove() leaves alone.
+        self._identity: tuple[int, int] = identity
+
+    @classmethod
+    def after_bind(cls, path: str) -> BoundPath | None:
+        """The file ``bind(path)`` just created; ``None`` for an abstract name or if unknown."""
+        if path.startswith("\0"):
+            return None
+        try:
+            info = os.lstat(path)
+        except OSError:
+            return None  # a file we cannot identify is never removed
+        return cls(path, (info.st_dev, info.st_ino))
+
+    def remove(self) -> None:
+        """Remove the file if it is still the socket file that was bound."""
+        try:
+            info = os.lstat(self.path)
+        except OSError:
+            return
+        if not stat.S_ISSOCK(info.st_mode) or (info.st_dev, info.st_ino) != self._identity:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+
+def normalize_address(family: int, address: Any) -> Any:
+    """``address`` in the form the public API promises (Unix names as ``str``)."""
+    if family == socket.AF_UNIX and isinstance(address, bytes):
+        return os.fsdecode(address)
+    return address
+
+
+def set_recverr(sock: socket.socket) -> None:
+    """Queue ICMP errors on an unconnected IP socket, to be counted instead of lost or raised."""
+    if not IS_LINUX:
+        return
+    try:
+        if sock.family == socket.AF_INET:
+            sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
+        elif sock.family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
+            # A dual-stack socket receives IPv4 errors through the IPv4 option.
+            if not sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY):
+                sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
+    except OSError:  # not supported here: errors stay uncounted, as DESIGN.md allows
+        pass
+
+
+def drain_unread(sock: SocketLike, limit: int = MAX_DRAIN_AT_CLOSE) -> int:
+    """Discard the datagrams waiting in ``sock``'s receive buffer; how many (at most ``limit``)."""
+    count = errors = 0
+    while count < limit and errors < limit:
+        try:
+            sock.recv(1, socket.MSG_DONTWAIT)  # truncated to one byte: only the count matters
+        except BlockingIOError:
+            break
+        except OSError as exc:
+            if exc.errno in ICMP_ERRNOS:  # queued errors are skipped, not counted
+                errors += 1
+                continue
+            break
+        count += 1
+    return count
+
+
+def read_kernel_drops(sock: SocketLike) -> int:
+    """The kernel's count of datagrams it dropped for ``sock`` (``SO_MEMINFO``), 0 if unknown."""
+    if not IS_LINUX:
+        return 0
+    size = 4 * (SK_MEMINFO_DROPS + 1)
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, size)
+    except OSError:
+        return 0
+    if len(raw) < size:
+        return 0
+    drops: int = struct.unpack_from("I", raw, 4 * SK_MEMINFO_DROPS)[0]
+    return drops
+
+
+class Tally:
+    """The I/O counters of one socket (or of one blocking call, merged afterwards)."""
+
+    __slots__ = (
+        "bytes_received",
+        "bytes_sent",
+        "datagrams_received",
+        "datagrams_sent",
+        "icmp_errors",
+        "oversize",
+        "send_errors",
+        "unread_at_close",
+    )
+
+    def __init__(self) -> None:
+        self.datagrams_received: int = 0
+        self.bytes_received: int = 0
+        self.datagrams_sent: int = 0
+        self.bytes_sent: int = 0
+        self.oversize: int = 0
+        self.send_errors: int = 0
+        self.icmp_errors: int = 0
+        self.unread_at_close: int = 0
+
+    def add(self, other: Tally) -> None:
+        """Add ``other``'s counts to these."""
+        for name in Tally.__slots__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def as_dict(self) -> dict[str, int]:
+        """The counters by the names the statistics classes use."""
+        return {name: getattr(self, name) for name in Tally.__slots__}
+
+
+class ReceiveStrategy(Protocol):
+    """One way of taking waiting datagrams off a socket (``recvfrom``, ``recvmmsg``, ...)."""
+
+    def receive(self, max_count: int, tally: Tally) -> list[Received]:
+        """Take up to ``max_count`` waiting datagrams without blocking (possibly none)."""
+        ...
+
+
+class SocketCore:
+    """One non-blocking socket: its receive strategy, its sends, its errors, its release."""
+
+    __slots__ = (
+        "bufsize",
+        "closed",
+        "connected",
+        "family",
+        "is_unix",
+        "max_datagram_size",
+        "peer",
+        "receive",
+        "sock",
+        "unlink_path",
+    )
+
+    def __init__(
+        self,
+        sock: SocketLike,
+        *,
+        max_datagram_size: int,
+        connected: bool,
+        unlink_path: BoundPath | None = None,
+        strategy: Callable[[SocketCore], ReceiveStrategy] | None = None,
+    ) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self.family = sock.family
+        self.is_unix = sock.family == socket.AF_UNIX
+        self.connected = connected
+        self.peer: Any = normalize_address(sock.family, sock.getpeername()) if connected else None
+        self.max_datagram_size = max_datagram_size
+        # One byte more than the limit: a longer datagram is detected, never silently cut.
+        self.bufsize = max_datagram_size + 1
+        self.unlink_path = unlink_path
+        self.closed = False
+        #: ``receive(max_count, tally) -> list[Received]``, the strategy's, bound once.
+        self.receive: Callable[[int, Tally], list[Received]] = (
+            RecvFrom(self) if strategy is None else strategy(self)
+        ).receive
+
+    # -- the one translation of OS errors -----------------------------------------------------
+
+    def receive_failed(self, exc: OSError, tally: Tally) -> None:
+        """Count a receive error; raise it (translated) unless the receive may go on."""
+        if self.closed or exc.errno == errno.EBADF:
+            raise anyio.ClosedResourceError from None
+        if exc.errno not in ICMP_ERRNOS:
+            raise exc
+        if self.connected:
+            tally.icmp_errors += 1
+            raise exc
+        # Unconnected: IP_RECVERR queued the same error; it is counted from the queue.
+        if not self.drain_error_queue(tally):
+            tally.icmp_errors += 1
+
+    def _send_failed(self, exc: OSError, size: int, tally: Tally, *, retried: bool) -> None:
+        """Count a send error; return if one more attempt is worth it, else raise it."""
+        if self.closed or exc.errno == errno.EBADF:
+            raise anyio.ClosedResourceError from None
+        if exc.errno == errno.EMSGSIZE:
+            tally.send_errors += 1
+            raise DatagramTooLargeError(
+                size, size - 1, f"the kernel refused a datagram of {size} bytes (EMSGSIZE)"
+            ) from exc
+        if exc.errno not in ICMP_ERRNOS:
+            tally.send_errors += 1
+            raise exc
+        if self.connected or retried:
+            tally.icmp_errors += 1
+            raise exc
+        # Unconnected: a pending ICMP error about an earlier send (to any peer) failed this
+        # one. It is on the error queue too, counted from there; then send once more.
+        if not self.drain_error_queue(tally):
+            tally.icmp_errors += 1
+
+    # -- system calls ---------------------------------------------------------------------------
+
+    def send(self, data: bytes, address: Any, source: ReplySource | None, tally: Tally) -> bool:
+        """Send one datagram if the kernel takes it now (``False`` if it would block).
+
+        ``address`` is ignored on a connected socket; ``source`` (from a receive) makes the
+        datagram leave from the address that datagram was sent to.
+        """
+        sock = self.sock
+        retried = False
+        while True:
+            try:
+                if self.connected:
+                    sock.send(data)
+                elif source is None:
+                    sock.sendto(data, address)
+                else:
+                    sock.sendmsg((data,), source, 0, address)
+            except BlockingIOError:
+                return False
+            except OSError as exc:
+                self._send_failed(exc, len(data), tally, retried=retried)
+                retried = True
+                continue
+            tally.datagrams_sent += 1
+            tally.bytes_sent += len(data)
+            return True
+
+    def drain_error_queue(self, tally: Tally) -> int:
+        """Count queued ICMP errors (``MSG_ERRQUEUE``) into ``tally``; how many, bounded."""
+        if not IS_LINUX or self.closed:
+            return 0
+        sock = self.sock
+        drained = 0
+        for _ in range(MAX_BATCH):
+            try:
+                sock.recvmsg(1, 1024, socket.MSG_ERRQUEUE)
+            except OSError:  # EAGAIN: the queue is empty
+                break
+            drained += 1
+        tally.icmp_errors += drained
+        return drained
+
+    def kernel_drops(self) -> int:
+        """Datagrams the kernel dropped for this socket (0 where the platform cannot say)."""
+        return 0 if self.closed else read_kernel_drops(self.sock)
+
+    def buffer_sizes(self) -> tuple[int, int]:
+        """The receive and send buffer sizes the kernel granted (0, 0 once closed)."""
+        if self.closed:
+            return 0, 0
+        try:
+            return (
+                self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
+                self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
+            )
+        except OSError:  # closed by another thread meanwhile
+            return 0, 0
+
+    def release(self, tally: Tally) -> None:
+        """Count what still waits in the receive buffer, close the socket, remove its file."""
+        self.closed = True
+        with contextlib.suppress(OSError):  # the socket is unusable already: nothing to count
+            tally.unread_at_close += drain_unread(self.sock)
+        self.sock.close()
+        if self.unlink_path is not None:
+            self.unlink_path.remove()
+
+
+class RecvFrom:
+    """The portable receive: one ``recv``/``recvfrom`` per datagram."""
+
+    __slots__ = ("_core",)
+
+    def __init__(self, core: SocketCore) -> None:
+        self._core = core
+
+    def receive(self, max_count: int, tally: Tally) -> list[Received]:
+        """Take up to ``max_count`` waiting datagrams without blocking (possibly none)."""
+        core = self._core
+        sock = core.sock
+        bufsize = core.bufsize
+        limit = core.max_datagram_size
+        peer = core.peer
+        connected = core.connected
+        batch: list[Received] = []
+        # Oversize datagrams and drained errors count towards the bound: junk cannot hold
+        # the event loop. An empty result may then come back while more waits.
+        for _ in range(max_count if max_count > MAX_BATCH else MAX_BATCH):
+            try:
+                if connected:
+                    data = sock.recv(bufsize)
+                    address = peer
+                else:
+                    data, address = sock.recvfrom(bufsize)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                core.receive_failed(exc, tally)
+                continue
+            if len(data) > limit:
+                tally.oversize += 1
+                continue
+            tally.datagrams_received += 1
+            tally.bytes_received += len(data)
+            if core.is_unix:
+                address = normalize_address(socket.AF_UNIX, address)
+            batch.append((data, address, None))
+            if len(batch) >= max_count:
+                break
+        return batch

@@ -1,0 +1,155 @@
+"""A datagram as a server's handler sees it, and the way its reply goes out."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Generic
+
+import anyio.lowlevel
+
+from ._address import format_address
+from ._errors import DatagramProtocolParseError
+from ._protocol import RecvT, SendT
+from ._ratelimit import source_key
+from ._socket_io import SEND_FAIRNESS_INTERVAL
+
+if TYPE_CHECKING:
+    from ._endpoint import IPAddress
+    from ._io_core import ReplySource
+    from ._logging import RateLimitedLog
+    from ._ratelimit import AmplificationLimiter
+    from ._server import DatagramServer
+    from ._socket_io import SocketIO
+
+__all__ = ("DatagramRequest", "ParseErrorRequest", "Replies")
+
+
+class Replies:
+    """What replying needs from a server: encoding, the amplification cap, fairness, logging."""
+
+    __slots__ = ("amplification", "checkpoint", "log", "make_datagram", "raw_limit", "ready")
+
+    def __init__(
+        self,
+        make_datagram: Callable[[Any], bytes],
+        raw_limit: int,
+        amplification: AmplificationLimiter | None,
+        log: RateLimitedLog,
+    ) -> None:
+        self.make_datagram = make_datagram
+        # With the raw-bytes protocol serializing bytes is the identity: replies of at most
+        # this many bytes skip the call. -1 (no packet is that short) otherwise.
+        self.raw_limit = raw_limit
+        self.amplification = amplification
+        self.log = log
+        #: Replies sent since the last full checkpoint (the server resets it per batch).
+        self.ready = 0
+        self.checkpoint: Callable[[], Awaitable[None]] = anyio.lowlevel.checkpoint
+
+    def failed(self, exc: OSError, address: Any) -> None:
+        """Log a reply the kernel refused (it is counted by the socket already)."""
+        self.log.log(
+            "send", logging.WARNING, "could not send to %s: %s", format_address(address), exc
+        )
+
+
+class DatagramRequest(Generic[SendT, RecvT]):
+    """One received datagram, as a handler sees it.
+
+    Requests are made by the server; handlers read them and reply with :meth:`respond`.
+
+    Attributes:
+        packet: The parsed datagram (for a ``parse_error_handler``: the
+            :class:`~anydgram.DatagramProtocolParseError`, with the raw bytes in ``.data``).
+        address: The sender's address, as the :mod:`socket` module gives it.
+        server: The server that received it.
+    """
+
+    __slots__ = ("_replies", "_source", "_transport", "address", "packet", "server")
+
+    packet: RecvT
+    address: IPAddress
+    server: DatagramServer[SendT, Any]
+
+    def __init__(
+        self,
+        packet: RecvT,
+        address: IPAddress,
+        server: DatagramServer[SendT, Any],
+        transport: SocketIO,
+        source: ReplySource | None,
+        replies: Replies,
+    ) -> None:
+        self.packet = packet
+        self.address = address
+        self.server = server
+        self._transport = transport
+        self._source = source
+        self._replies = replies
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} from {self.address!r}: {self.packet!r}>"
+
+    async def respond(self, packet: SendT) -> None:
+        """Send ``packet`` to the sender, from the socket and address the request came to.
+
+        Waits only while the kernel's send buffer is full (and, every few dozen replies, passes
+        a full checkpoint so that a handler replying in a loop lets other tasks run). A failed
+        send (an ICMP error for an earlier datagram, no route, ...) is counted in the server's
+        statistics and logged, not raised: a reply is best effort, like UDP itself. A
+        cancellation leaves the reply sent whole or not at all.
+
+        With the server's ``amplification_factor`` set, a reply that would take the bytes
+        sent to this source past the cap (and the source is not validated, see
+        :meth:`validate_peer`) is not sent: it is counted in ``amplification_dropped`` and
+        this returns normally, as for a lost datagram.
+
+        Raises:
+            DatagramTooLargeError: The packet serializes to more than the protocol's
+                ``max_datagram_size`` (or the kernel refused its size); nothing was sent.
+            anyio.ClosedResourceError: The server is closed.
+            Exception: Whatever the serializer raises for a packet it cannot represent.
+        """
+        replies = self._replies
+        data: bytes
+        if isinstance(packet, bytes) and len(packet) <= replies.raw_limit:
+            data = packet  # the raw-bytes protocol: the same bytes go on the wire
+        else:
+            data = replies.make_datagram(packet)
+        amplification = replies.amplification
+        if amplification is not None and not amplification.may_send(
+            source_key(self.address), len(data)
+        ):
+            return
+        # The server's fairness rule for replies (a full checkpoint every few, before the
+        # send), then a send that waits only if the kernel's buffer is full.
+        replies.ready += 1
+        if replies.ready >= SEND_FAIRNESS_INTERVAL:
+            replies.ready = 0
+            await replies.checkpoint()
+        transport = self._transport
+        try:
+            if not transport.send_nowait(data, self.address, self._source):
+                await transport.send(data, self.address, self._source)
+        except OSError as exc:
+            replies.failed(exc, self.address)
+
+    def validate_peer(self) -> None:
+        """Mark the sender as genuine: lift the anti-amplification cap for its source.
+
+        Call this once the request proves the sender really owns its address (it echoed a
+        token or cookie the server sent it, it authenticated, ...). From then on replies and
+        :meth:`DatagramServer.send_packet` to the sender's source (its IP address; for IPv6
+        its /64) are not capped, for as long as the server remembers the source (see
+        ``amplification_factor``). Without an ``amplification_factor`` this does nothing.
+        """
+        amplification = self._replies.amplification
+        if amplification is not None:
+            amplification.validate(source_key(self.address))
+
+
+class ParseErrorRequest(DatagramRequest[SendT, DatagramProtocolParseError]):
+    """A request for the ``parse_error_handler`` (told apart from others by its class)."""
+
+    __slots__ = ()
