@@ -21,14 +21,8 @@ import anyio
 import pytest
 
 from anydgram import DatagramProtocol, DatagramTooLargeError
-from anydgram._request import (
-    MAX_BACKOFF_WAIT,
-    PendingRequest,
-    RequestTable,
-    attempt_timeouts,
-    destination_key,
-    peer_key,
-)
+from anydgram._client_request import PendingRequest, RequestTable, destination_key, peer_key
+from anydgram._retry_schedule import MAX_BACKOFF_WAIT, attempt_timeouts
 from anydgram.serializers import BytesSerializer, JSONSerializer
 from endpoint_harness import (
     KINDS,

@@ -7,242 +7,32 @@ Both pair one :class:`~anydgram._socket_io.SocketIO` (the socket side) with one
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncGenerator, Callable, Mapping
-from types import TracebackType
-from typing import Any, Generic, NoReturn, Self, TypeAlias, TypeVar, cast, overload
+from collections.abc import AsyncGenerator, Callable
+from typing import Any, TypeVar, cast, overload
 
 import anyio
-from anyio import TypedAttributeProvider
-from anyio.abc import SocketAttribute
 
-from ._errors import DatagramProtocolParseError
-from ._io_core import BoundPath, normalize_address
+from ._client_request import BUSY_ACTION, destination_key, key_from_addrinfo
+from ._endpoint_base import (
+    Address,
+    BaseEndpoint,
+    IPAddress,
+    check_datagram_socket,
+    is_connected,
+)
+from ._io_core import BoundPath
 from ._multicast import set_membership
 from ._protocol import DatagramProtocol, RecvT, SendT, default_protocol
-from ._request import (
-    BUSY_ACTION,
-    AsyncRequests,
-    AttemptSchedule,
-    Match,
-    attempt_timeouts,
-    check_match,
-    destination_key,
-    key_from_addrinfo,
-)
-from ._socket_io import SocketIO, SocketProxy
-from ._statistics import EndpointStatistics
+from ._retry_schedule import attempt_timeouts, check_match
+from ._socket_io import SocketIO
 
 __all__ = ("Address", "DatagramClient", "DatagramEndpoint", "IPAddress")
-
-#: An IP address as the :mod:`socket` module gives it: ``(host, port)`` or
-#: ``(host, port, flowinfo, scope_id)``. Servers only ever see these.
-IPAddress: TypeAlias = tuple[str, int] | tuple[str, int, int, int]
-
-#: A peer's address: an :data:`IPAddress`, a ``str`` path for Unix sockets (abstract names
-#: start with ``"\0"``), or ``None`` for an unbound Unix peer.
-Address: TypeAlias = IPAddress | str | None
 
 _S = TypeVar("_S")
 _R = TypeVar("_R")
 
-_IP_FAMILIES = (socket.AF_INET, socket.AF_INET6)
-_SUPPORTED_FAMILIES = (*_IP_FAMILIES, socket.AF_UNIX)
 
-
-def _check_datagram_socket(sock: socket.socket) -> None:
-    if not isinstance(sock, socket.socket):
-        raise TypeError(f"expected a socket.socket, got {type(sock).__name__}")
-    if sock.type != socket.SOCK_DGRAM:
-        raise ValueError(f"expected a SOCK_DGRAM socket, got {sock.type!r}")
-    if sock.family not in _SUPPORTED_FAMILIES:
-        raise ValueError(f"unsupported address family {sock.family!r}")
-    if sock.fileno() < 0:
-        raise ValueError("the socket is closed")
-
-
-def _is_connected(sock: socket.socket) -> bool:
-    try:
-        sock.getpeername()
-    except OSError:
-        return False
-    return True
-
-
-class _BaseEndpoint(TypedAttributeProvider, Generic[SendT, RecvT]):
-    """What clients and endpoints share: the socket, the protocol, counters and closing."""
-
-    __slots__ = ("_io", "_parse_errors", "_protocol", "_requests", "_unmatched_replies")
-
-    def __init__(self, io: SocketIO, protocol: DatagramProtocol[SendT, RecvT]) -> None:
-        self._io = io
-        self._protocol = protocol
-        self._parse_errors = 0
-        self._unmatched_replies = 0
-        #: The pending request() calls; ``None`` while there are none (the receive fast path
-        #: checks only this).
-        self._requests: AsyncRequests[RecvT] | None = None
-
-    def __repr__(self) -> str:
-        state = "closed" if self._io.closed else f"local={self.local_address!r}"
-        return f"<{type(self).__name__} {state}>"
-
-    @property
-    def protocol(self) -> DatagramProtocol[SendT, RecvT]:
-        """The protocol that turns packets into datagrams and back."""
-        return self._protocol
-
-    @property
-    def socket(self) -> SocketProxy:
-        """A view of the underlying socket (options, names, file descriptor; no ``close``)."""
-        return SocketProxy(self._io.sock)
-
-    @property
-    def local_address(self) -> Address:
-        """The address this endpoint is bound to.
-
-        Raises:
-            anyio.ClosedResourceError: The endpoint is closed.
-        """
-        if self._io.closed:
-            raise anyio.ClosedResourceError
-        return cast(Address, normalize_address(self._io.sock.family, self._io.sock.getsockname()))
-
-    @property
-    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
-        """Typed attributes for :meth:`extra`, from :class:`anyio.abc.SocketAttribute`."""
-        sock = self._io.sock
-        attributes: dict[Any, Callable[[], Any]] = {
-            SocketAttribute.family: lambda: sock.family,
-            SocketAttribute.local_address: lambda: self.local_address,
-            SocketAttribute.raw_socket: lambda: sock,
-        }
-        if sock.family in _IP_FAMILIES:
-            attributes[SocketAttribute.local_port] = lambda: sock.getsockname()[1]
-        peer = self._io.peer
-        if peer is not None:
-            attributes[SocketAttribute.remote_address] = lambda: peer
-            if sock.family in _IP_FAMILIES:
-                attributes[SocketAttribute.remote_port] = lambda: peer[1]
-        return attributes
-
-    def statistics(self) -> EndpointStatistics:
-        """A snapshot of the counters; ``kernel_drops`` and buffer sizes are read now."""
-        io = self._io
-        recv_buffer_size, send_buffer_size = io.buffer_sizes()
-        return EndpointStatistics(
-            datagrams_received=io.datagrams_received,
-            datagrams_sent=io.datagrams_sent,
-            bytes_received=io.bytes_received,
-            bytes_sent=io.bytes_sent,
-            parse_errors=self._parse_errors,
-            oversize=io.oversize,
-            send_errors=io.send_errors,
-            icmp_errors=io.icmp_errors,
-            unmatched_replies=self._unmatched_replies,
-            kernel_drops=io.kernel_drops(),
-            unread_at_close=io.unread_at_close,
-            recv_buffer_size=recv_buffer_size,
-            send_buffer_size=send_buffer_size,
-        )
-
-    def _parse(self, data: bytes, address: Address) -> RecvT:
-        try:
-            return self._protocol.build_packet_from_datagram(data)
-        except DatagramProtocolParseError as exc:
-            self._parse_errors += 1
-            exc.address = address
-            raise
-
-    def _count_unmatched(self, count: int) -> None:
-        self._unmatched_replies += count
-
-    def _taken_while_busy(self, data: bytes, address: Address) -> NoReturn:
-        # A receive that was already waiting when a request() started got a datagram: it
-        # belongs to the pending calls.
-        assert self._requests is not None
-        self._requests.deliver_foreign(data, address)
-        raise anyio.BusyResourceError(BUSY_ACTION)
-
-    async def _request(
-        self,
-        packet: SendT,
-        address: Address,
-        key: Any,
-        timeouts: AttemptSchedule,
-        match: Match | None,
-    ) -> RecvT:
-        datagram = self._protocol.make_datagram(packet)
-        requests = self._requests
-        if requests is None:
-            if self._io.closed:
-                raise anyio.ClosedResourceError
-            requests = self._requests = AsyncRequests(
-                self._io, self._parse, self._count_unmatched, keyed=key is not None
-            )
-        try:
-            return await requests.request(datagram, address, key, timeouts, match)
-        finally:
-            if not requests.table and self._requests is requests:
-                self._requests = None
-
-    async def _iter_datagrams(
-        self, timeout: float | None
-    ) -> AsyncGenerator[tuple[bytes, Address], None]:
-        if timeout is not None and timeout < 0:
-            raise ValueError(f"timeout must be >= 0 or None, got {timeout!r}")
-        io = self._io
-        deadline = None if timeout is None else anyio.current_time() + timeout
-        woke = False
-        while True:
-            await io.fairness_checkpoint()
-            if self._requests is not None:
-                raise anyio.BusyResourceError(BUSY_ACTION)
-            batch = io.receive_nowait(1)
-            if batch:
-                woke = False
-                data, address, _ = batch[0]
-                if self._requests is not None:  # a request() started while this one waited
-                    self._taken_while_busy(data, address)
-                yield data, address
-                # The budget bounds the iteration even when datagrams keep coming; a budget of
-                # 0 means "what is already waiting", so it ends only when nothing is.
-                if timeout and anyio.current_time() >= deadline:  # type: ignore[operator]
-                    return
-                continue
-            if deadline is None:
-                await io.wait_readable(after_wakeup=woke)
-            else:
-                remaining = deadline - anyio.current_time()
-                if remaining <= 0:
-                    return
-                with anyio.move_on_after(remaining):
-                    await io.wait_readable(after_wakeup=woke)
-            woke = True
-
-    async def aclose(self) -> None:
-        """Close the endpoint.
-
-        Tasks blocked in a receive or send get :exc:`anyio.ClosedResourceError` at once, and the
-        socket is closed (its port or path free again) when this returns. Closing twice is fine.
-        Pending :meth:`request` calls raise :exc:`anyio.ClosedResourceError` too.
-        """
-        await self._io.aclose()
-        if self._requests is not None:
-            self._requests.wake_all()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-
-class DatagramClient(_BaseEndpoint[SendT, RecvT]):
+class DatagramClient(BaseEndpoint[SendT, RecvT]):
     """A connected datagram socket: sends to, and receives from, one peer.
 
     Create one with :func:`connect_udp`, :func:`connect_unix_datagram` or
@@ -290,7 +80,7 @@ class DatagramClient(_BaseEndpoint[SendT, RecvT]):
         protocol: DatagramProtocol[Any, Any] | None,
         unlink_path: BoundPath | None = None,
     ) -> DatagramClient[Any, Any]:
-        _check_datagram_socket(sock)
+        check_datagram_socket(sock)
         sock.getpeername()  # raises OSError (ENOTCONN) for an unconnected socket
         proto = default_protocol() if protocol is None else protocol
         io = SocketIO(
@@ -411,7 +201,7 @@ class DatagramClient(_BaseEndpoint[SendT, RecvT]):
         return await self._request(packet, None, None, timeouts, match)
 
 
-class DatagramEndpoint(_BaseEndpoint[SendT, RecvT]):
+class DatagramEndpoint(BaseEndpoint[SendT, RecvT]):
     """A bound, unconnected datagram socket that talks to any peer.
 
     Create one with :func:`open_udp_endpoint`, :func:`open_unix_datagram_endpoint` or
@@ -456,8 +246,8 @@ class DatagramEndpoint(_BaseEndpoint[SendT, RecvT]):
         protocol: DatagramProtocol[Any, Any] | None,
         unlink_path: BoundPath | None = None,
     ) -> DatagramEndpoint[Any, Any]:
-        _check_datagram_socket(sock)
-        if _is_connected(sock):
+        check_datagram_socket(sock)
+        if is_connected(sock):
             raise ValueError("the socket is connected: use DatagramClient.from_socket()")
         proto = default_protocol() if protocol is None else protocol
         io = SocketIO(

@@ -18,19 +18,13 @@ from typing import Any, Generic, Self, TypeVar, cast, overload
 
 import anyio
 
-from ._endpoint import Address, _check_datagram_socket
+from ._client_request import BUSY_ACTION, Match, ThreadedRequests
+from ._endpoint_base import Address, check_datagram_socket
 from ._errors import DatagramProtocolParseError
 from ._io_core import normalize_address
 from ._open_endpoint import check_host, check_port, connect_first
 from ._protocol import DatagramProtocol, RecvT, SendT, default_protocol
-from ._request import (
-    BUSY_ACTION,
-    AttemptSchedule,
-    Match,
-    ThreadedRequests,
-    attempt_timeouts,
-    check_match,
-)
+from ._retry_schedule import AttemptSchedule, attempt_timeouts, check_match
 from ._socket_io import SocketProxy
 from ._statistics import EndpointStatistics
 from ._sync_socket import ThreadedSocketIO, deadline_after
@@ -314,7 +308,7 @@ class SyncDatagramClient(_SyncBase[SendT, RecvT]):
                 closed.
             OSError: ``sock`` is not connected.
         """
-        _check_datagram_socket(sock)
+        check_datagram_socket(sock)
         sock.getpeername()  # raises OSError (ENOTCONN) for an unconnected socket
         client: SyncDatagramClient[Any, Any] = cls.__new__(cls)
         client._setup(sock, protocol, connected=True)

@@ -13,11 +13,12 @@ from typing import Any, TypeVar, overload
 
 import anyio
 
-from ._endpoint import Address, _check_datagram_socket, _is_connected
+from ._client_request import destination_key, key_from_addrinfo
+from ._endpoint_base import Address, check_datagram_socket, is_connected
 from ._multicast import set_membership
 from ._open_endpoint import bind_first, check_bind_arguments
 from ._protocol import DatagramProtocol, RecvT, SendT
-from ._request import attempt_timeouts, check_match, destination_key, key_from_addrinfo
+from ._retry_schedule import attempt_timeouts, check_match
 from ._sync import _SyncBase, getaddrinfo
 from ._sync_socket import deadline_after
 
@@ -137,8 +138,8 @@ class SyncDatagramEndpoint(_SyncBase[SendT, RecvT]):
             ValueError: ``sock`` is not a ``SOCK_DGRAM`` socket of a supported family, is
                 closed, or is connected (use :meth:`SyncDatagramClient.from_socket`).
         """
-        _check_datagram_socket(sock)
-        if _is_connected(sock):
+        check_datagram_socket(sock)
+        if is_connected(sock):
             raise ValueError("the socket is connected: use SyncDatagramClient.from_socket()")
         endpoint: SyncDatagramEndpoint[Any, Any] = cls.__new__(cls)
         endpoint._setup(sock, protocol, connected=False)

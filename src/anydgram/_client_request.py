@@ -1,4 +1,4 @@
-"""Request/reply with retries: the pending-request table and the reply routing around it.
+"""The clients' ``request()``: the pending-request table and the reply routing around it.
 
 Every ``request()`` call registers a :class:`PendingRequest` and re-sends its datagram on a
 backoff schedule until a reply arrives. At any moment one of the pending calls reads the socket
@@ -6,16 +6,15 @@ for all of them (the *reader*); the others wait to be handed their reply, or to 
 reading when the reader leaves. Each datagram read goes to the oldest pending call whose
 address and ``match`` accept it; nobody's datagrams are dropped and counted.
 
-The table and the schedule are plain code; :class:`AsyncRequests` drives them with anyio for
-the async endpoints and :class:`ThreadedRequests` with threads for the blocking ones.
+The table is plain code (the waits between attempts are :mod:`anydgram._retry_schedule`'s);
+:class:`AsyncRequests` drives it with anyio for the async endpoints and
+:class:`ThreadedRequests` with threads for the blocking ones.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ipaddress
-import math
-import random
 import socket
 import threading
 import time
@@ -29,27 +28,18 @@ from ._io_core import MAX_BATCH
 from ._protocol import RecvT
 
 if TYPE_CHECKING:
+    from ._retry_schedule import AttemptSchedule
     from ._socket_io import SocketIO
     from ._sync_socket import ThreadedSocketIO
 
 __all__ = (
     "AsyncRequests",
-    "AttemptSchedule",
     "PendingRequest",
     "RequestTable",
     "ThreadedRequests",
-    "attempt_timeouts",
     "destination_key",
     "peer_key",
 )
-
-#: Jitter for every endpoint that is not handed its own generator. ``random.Random`` methods
-#: are safe to call from several threads.
-DEFAULT_RNG: Final = random.Random()
-
-#: The jitter multiplies each attempt's wait by a factor drawn from this range, so clients that
-#: lost the same datagram do not all retry in step.
-_JITTER: Final = (1.0, 1.25)
 
 #: When a call starts with no other call pending, datagrams already waiting cannot be replies to
 #: it (it has not sent anything yet); at most this many are dropped and counted up front.
@@ -59,102 +49,6 @@ _MAX_STALE: Final = 1024
 BUSY_ACTION: Final = "waiting for a request() reply on"
 
 Match = Callable[[Any], bool]
-
-
-def _check_number(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number, not {type(value).__name__}")
-    result = float(value)
-    if not math.isfinite(result):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    return result
-
-
-#: Backoff stops growing an attempt's wait once it reaches this many seconds (an hour); a
-#: first wait (``timeout``) longer than that is kept as it is and not grown.
-MAX_BACKOFF_WAIT: Final = 3600.0
-
-
-class AttemptSchedule:
-    """How long each attempt of a ``request()`` waits for its reply, in seconds.
-
-    Iterating computes each wait when its attempt starts, so a call with many attempts costs
-    nothing up front; ``len()`` is the number of attempts.
-    """
-
-    __slots__ = ("_attempts", "_backoff", "_timeout", "_uniform")
-
-    def __init__(
-        self,
-        timeout: float,
-        attempts: int,
-        backoff: float,
-        uniform: Callable[[float, float], float],
-    ) -> None:
-        self._timeout = timeout
-        self._attempts = attempts
-        self._backoff = backoff
-        self._uniform = uniform
-
-    def __len__(self) -> int:
-        return self._attempts
-
-    def __iter__(self) -> Iterator[float]:
-        wait = self._timeout
-        cap = max(wait, MAX_BACKOFF_WAIT)
-        backoff = self._backoff
-        uniform = self._uniform
-        for _ in range(self._attempts):
-            yield wait * uniform(*_JITTER)
-            if wait < cap:
-                # A float product overflows to inf, never raises; min() brings it back.
-                wait = min(wait * backoff, cap)
-
-
-def attempt_timeouts(
-    timeout: float,
-    attempts: int,
-    backoff: float,
-    *,
-    rng: random.Random | None = None,
-) -> AttemptSchedule:
-    """How long each attempt of a ``request()`` waits for its reply, in seconds.
-
-    Attempt *i* (from 0) waits ``min(timeout * backoff**i, cap) * U(1, 1.25)``: exponential
-    backoff with jitter, where ``cap`` is :data:`MAX_BACKOFF_WAIT` (an hour) or ``timeout``
-    if that is longer. Here ``timeout`` is per attempt, the one stated exception to the rule
-    that a ``timeout`` keyword is a total budget. Each wait is computed when its attempt
-    starts.
-
-    Args:
-        timeout: The first attempt's wait before jitter; positive.
-        attempts: How many times the datagram is sent; at least 1.
-        backoff: The factor between consecutive waits; at least 1.
-        rng: Where the jitter comes from; a shared generator when omitted.
-
-    Raises:
-        TypeError: An argument is not a number (``attempts`` not an int).
-        ValueError: An argument is out of range.
-    """
-    timeout = _check_number("timeout", timeout)
-    backoff = _check_number("backoff", backoff)
-    if isinstance(attempts, bool) or not isinstance(attempts, int):
-        raise TypeError(f"attempts must be an int, not {type(attempts).__name__}")
-    if timeout <= 0:
-        raise ValueError(f"timeout must be positive, got {timeout!r}")
-    if attempts < 1:
-        raise ValueError(f"attempts must be at least 1, got {attempts!r}")
-    if backoff < 1:
-        raise ValueError(f"backoff must be at least 1, got {backoff!r}")
-    return AttemptSchedule(
-        timeout, attempts, backoff, (DEFAULT_RNG if rng is None else rng).uniform
-    )
-
-
-def check_match(match: object) -> None:
-    """Refuse a ``match`` that is neither ``None`` nor callable (``TypeError``)."""
-    if match is not None and not callable(match):
-        raise TypeError(f"match must be callable or None, not {type(match).__name__}")
 
 
 # -- addresses -------------------------------------------------------------------------------
