@@ -574,6 +574,17 @@ def harness_params(kinds: list[str], impls: list[str] = IMPLS) -> list[Any]:
     return [pytest.param((impl, kind), id=f"{impl}-{kind}") for impl in impls for kind in kinds]
 
 
+def harness_fixture(name: str, params: list[Any]) -> Any:
+    """A fixture called ``name`` giving a :class:`Harness` for each of :func:`harness_params`."""
+
+    @pytest.fixture(name=name, params=params)
+    async def fixture(request: pytest.FixtureRequest) -> AsyncGenerator[Harness]:
+        async with open_harness_for(request) as h:
+            yield h
+
+    return fixture
+
+
 async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
     """Poll ``predicate`` (cheap, side-effect free) until true; fail after ``timeout``."""
     with anyio.fail_after(timeout):

@@ -15,7 +15,6 @@ import pathlib
 import random
 import socket
 import time
-from collections.abc import AsyncGenerator
 from typing import Any
 
 import anyio
@@ -33,43 +32,31 @@ from endpoint_harness import (
     MEMORY,
     Harness,
     RawPeer,
+    harness_fixture,
     harness_params,
-    open_harness_for,
     wait_until,
 )
 
-
-@pytest.fixture(params=harness_params(KINDS) + harness_params([MEMORY], ["async"]))
-async def harness(request: pytest.FixtureRequest) -> AsyncGenerator[Harness]:
-    async with open_harness_for(request) as h:
-        yield h
+harness = harness_fixture("harness", harness_params(KINDS) + harness_params([MEMORY], ["async"]))
 
 
-@pytest.fixture(params=harness_params(KINDS))
-async def socket_harness(request: pytest.FixtureRequest) -> AsyncGenerator[Harness]:
-    """For cases about real sockets: every kind but the memory network."""
-    async with open_harness_for(request) as h:
-        yield h
+# For cases about real sockets: every kind but the memory network.
+socket_harness = harness_fixture("socket_harness", harness_params(KINDS))
 
 
-@pytest.fixture(params=harness_params([*KINDS, MEMORY], ["async"]))
-async def async_harness(request: pytest.FixtureRequest) -> AsyncGenerator[Harness]:
-    """For cases only the async API can express (cancel scopes, typed attributes)."""
-    async with open_harness_for(request) as h:
-        yield h
+# For cases only the async API can express (cancel scopes, typed attributes).
+async_harness = harness_fixture("async_harness", harness_params([*KINDS, MEMORY], ["async"]))
 
 
-@pytest.fixture(params=harness_params([k for k in KINDS if k.startswith("udp")]))
-async def ip_harness(request: pytest.FixtureRequest) -> AsyncGenerator[Harness]:
-    """For cases that exist only for IP sockets (ICMP errors, the UDP size limit)."""
-    async with open_harness_for(request) as h:
-        yield h
+# For cases that exist only for IP sockets (ICMP errors, the UDP size limit).
+ip_harness = harness_fixture(
+    "ip_harness", harness_params([k for k in KINDS if k.startswith("udp")])
+)
 
 
-@pytest.fixture(params=harness_params([k for k in KINDS if k.startswith("unix")]))
-async def unix_harness(request: pytest.FixtureRequest) -> AsyncGenerator[Harness]:
-    async with open_harness_for(request) as h:
-        yield h
+unix_harness = harness_fixture(
+    "unix_harness", harness_params([k for k in KINDS if k.startswith("unix")])
+)
 
 
 def small_protocol(limit: int) -> DatagramProtocol[bytes, bytes]:

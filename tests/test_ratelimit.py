@@ -13,8 +13,6 @@ import socket
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncGenerator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
@@ -23,22 +21,13 @@ import pytest
 from anydgram import DatagramRequest, DatagramServer, RateLimit
 from anydgram._ratelimit import AmplificationLimiter, RateLimiter, source_key
 from endpoint_harness import wait_until
+from server_harness import serving
 
 BytesRequest = DatagramRequest[bytes, bytes]
 
 linux_only = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="127/8 aliases and /proc/net/udp are Linux's"
 )
-
-
-@asynccontextmanager
-async def serving(server: DatagramServer[Any, Any]) -> AsyncGenerator[tuple[Any, ...]]:
-    async with anyio.create_task_group() as tg:
-        addresses = await tg.start(server.serve_forever)
-        try:
-            yield addresses
-        finally:
-            await server.aclose()
 
 
 def udp_socket(host: str) -> socket.socket:

@@ -13,7 +13,7 @@ import random
 import socket
 import time
 import tracemalloc
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,38 +29,26 @@ from endpoint_harness import (
     Client,
     Harness,
     RawPeer,
+    harness_fixture,
     harness_params,
-    open_harness_for,
     wait_until,
 )
 
 UDP = [k for k in KINDS if k.startswith("udp")]
 
 
-@pytest.fixture(params=harness_params(KINDS))
-async def harness(request: pytest.FixtureRequest) -> AsyncGenerator[Harness]:
-    async with open_harness_for(request) as h:
-        yield h
+harness = harness_fixture("harness", harness_params(KINDS))
 
 
-@pytest.fixture(params=harness_params(["udp4"]))
-async def udp_harness(request: pytest.FixtureRequest) -> AsyncGenerator[Harness]:
-    """For cases about timing and volume, where the address family does not matter."""
-    async with open_harness_for(request) as h:
-        yield h
+# For cases about timing and volume, where the address family does not matter.
+udp_harness = harness_fixture("udp_harness", harness_params(["udp4"]))
 
 
-@pytest.fixture(params=harness_params(UDP))
-async def ip_harness(request: pytest.FixtureRequest) -> AsyncGenerator[Harness]:
-    async with open_harness_for(request) as h:
-        yield h
+ip_harness = harness_fixture("ip_harness", harness_params(UDP))
 
 
-@pytest.fixture(params=harness_params(["udp4"], ["async"]))
-async def async_harness(request: pytest.FixtureRequest) -> AsyncGenerator[Harness]:
-    """For cases only the async API can express (cancel scopes around request())."""
-    async with open_harness_for(request) as h:
-        yield h
+# For cases only the async API can express (cancel scopes around request()).
+async_harness = harness_fixture("async_harness", harness_params(["udp4"], ["async"]))
 
 
 # -- the schedule ----------------------------------------------------------------------------
