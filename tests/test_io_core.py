@@ -191,13 +191,13 @@ def test_a_closed_socket_is_a_closed_resource_error() -> None:
         _core(sock).receive(MAX_BATCH, Tally())
     sock.send_outcomes.append(_error(errno.EBADF))
     with pytest.raises(anyio.ClosedResourceError):
-        _core(sock).send(b"x", _PEER, None, Tally())
+        _core(sock).send(Tally(), b"x", _PEER)
 
 
 def test_send_counts_what_the_kernel_took() -> None:
     sock = ScriptedSocket()
     tally = Tally()
-    assert _core(sock).send(b"hello", ("127.0.0.1", 7), None, tally)
+    assert _core(sock).send(tally, b"hello", ("127.0.0.1", 7))
     assert sock.sent == [(b"hello", ("127.0.0.1", 7))]
     assert (tally.datagrams_sent, tally.bytes_sent) == (1, 5)
 
@@ -206,7 +206,7 @@ def test_send_that_would_block_returns_false_and_counts_nothing() -> None:
     sock = ScriptedSocket()
     sock.send_outcomes.append(BlockingIOError(errno.EAGAIN, "full"))
     tally = Tally()
-    assert not _core(sock).send(b"x", _PEER, None, tally)
+    assert not _core(sock).send(tally, b"x", _PEER)
     assert tally.as_dict() == Tally().as_dict()
 
 
@@ -215,7 +215,7 @@ def test_emsgsize_is_datagram_too_large_and_a_send_error() -> None:
     sock.send_outcomes.append(_error(errno.EMSGSIZE))
     tally = Tally()
     with pytest.raises(DatagramTooLargeError, match="EMSGSIZE"):
-        _core(sock).send(b"x" * 9, _PEER, None, tally)
+        _core(sock).send(tally, b"x" * 9, _PEER)
     assert tally.send_errors == 1
     assert sock.sent == []
 
@@ -224,7 +224,7 @@ def test_unconnected_send_failed_by_an_earlier_icmp_error_is_sent_once_more() ->
     sock = ScriptedSocket()
     sock.send_outcomes.append(_error(errno.ECONNREFUSED))
     tally = Tally()
-    assert _core(sock).send(b"again", _PEER, None, tally)
+    assert _core(sock).send(tally, b"again", _PEER)
     assert sock.sent == [(b"again", _PEER)]  # sent once, not twice
     assert tally.icmp_errors == 1
     assert tally.datagrams_sent == 1
@@ -235,7 +235,7 @@ def test_a_second_icmp_error_on_the_retry_is_raised() -> None:
     sock.send_outcomes.extend([_error(errno.ECONNREFUSED), _error(errno.ECONNREFUSED)])
     tally = Tally()
     with pytest.raises(OSError, match="scripted"):
-        _core(sock).send(b"x", _PEER, None, tally)
+        _core(sock).send(tally, b"x", _PEER)
     assert tally.icmp_errors == 2
     assert tally.datagrams_sent == 0
 
@@ -245,7 +245,7 @@ def test_connected_send_icmp_error_is_raised_at_once() -> None:
     sock.send_outcomes.append(ConnectionRefusedError(errno.ECONNREFUSED, "refused"))
     tally = Tally()
     with pytest.raises(ConnectionRefusedError):
-        _core(sock).send(b"x", None, None, tally)
+        _core(sock).send(tally, b"x", None)
     assert tally.icmp_errors == 1
     assert sock.send_outcomes == deque()
 
@@ -255,7 +255,7 @@ def test_other_send_errors_are_send_errors() -> None:
     sock.send_outcomes.append(_error(errno.EPERM))
     tally = Tally()
     with pytest.raises(PermissionError):
-        _core(sock).send(b"x", _PEER, None, tally)
+        _core(sock).send(tally, b"x", _PEER)
     assert tally.send_errors == 1
 
 

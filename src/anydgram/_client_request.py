@@ -386,7 +386,7 @@ class ThreadedRequests(Generic[RecvT]):
                 raise anyio.ClosedResourceError
             if not self.table:
                 # Under the lock, so no other call can register (and be answered) meanwhile.
-                self.unmatched += self._io.drop_waiting(_MAX_STALE)
+                self.unmatched += self._io.discard_waiting(_MAX_STALE)
             entry = self.table.add(key, match)
             entry.waiter = threading.Condition(self._lock)
             self.pending += 1
@@ -422,7 +422,7 @@ class ThreadedRequests(Generic[RecvT]):
                     condition.wait(remaining)
             try:
                 while not entry.done:
-                    data, address = self._io.recv(deadline)
+                    data, address = self._io.receive_one(deadline)
                     self.deliver(data, address)
             except TimeoutError:
                 pass  # the loop above returns False

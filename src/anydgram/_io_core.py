@@ -320,7 +320,9 @@ class SocketCore:
 
     # -- system calls ---------------------------------------------------------------------------
 
-    def send(self, data: bytes, address: Any, source: ReplySource | None, tally: Tally) -> bool:
+    def send(
+        self, tally: Tally, data: bytes, address: Any, source: ReplySource | None = None
+    ) -> bool:
         """Send one datagram if the kernel takes it now (``False`` if it would block).
 
         ``address`` is ignored on a connected socket; ``source`` (from a receive) makes the

@@ -53,6 +53,12 @@ UNIX_BACKOFF_FIRST: Final = 0.0005
 UNIX_BACKOFF_MAX: Final = 0.05
 
 
+class _SendNowait(Protocol):
+    def __call__(self, data: bytes, address: Any, source: ReplySource | None = None, /) -> bool:
+        """Send one datagram now, or return ``False``."""
+        ...
+
+
 class Waits(Protocol):
     """How a socket without a file descriptor (the memory network's) is waited on."""
 
@@ -169,6 +175,14 @@ class SocketIO(Tally):
     anyio's descriptor waits for a socket that has none.
     """
 
+    #: ``send_nowait(data, address, source=None) -> bool``: send one datagram if the kernel
+    #: takes it now, ``False`` if it would block; ``address`` is ignored on a connected socket,
+    #: ``source`` (from a receive) makes it leave from the address that datagram was sent to.
+    #: It is the core's send, bound to this socket's counters (no call level of its own: it
+    #: runs once per reply). Raises ``DatagramTooLargeError`` (``EMSGSIZE``),
+    #: ``anyio.ClosedResourceError`` once closed, and what else the kernel reports (counted).
+    send_nowait: _SendNowait
+
     __slots__ = (
         "_core",
         "_primitives",
@@ -179,6 +193,7 @@ class SocketIO(Tally):
         "_wait_readable",
         "_wait_writable",
         "_waits",
+        "send_nowait",
         "sock",
     )
 
@@ -202,6 +217,7 @@ class SocketIO(Tally):
         )
         self.sock = sock
         self._receive = core.receive
+        self.send_nowait = functools.partial(core.send, self)
         self._waits = waits
         self._ready_ops = 0
         self._primitives: Primitives | None = None
@@ -302,7 +318,19 @@ class SocketIO(Tally):
 
     async def receive_one(self) -> tuple[bytes, Any]:
         """Wait for one datagram; ``(payload, sender)``. Cancellation as :meth:`receive`."""
-        item = (await self.receive(1))[0]
+        # receive(1), inlined: a client's every datagram would otherwise cost a coroutine more.
+        self._ready_ops += 1
+        if self._ready_ops >= FAIRNESS_INTERVAL:
+            self._ready_ops = 0
+            await self.primitives.checkpoint()
+        self.check_open()
+        batch = self._receive(1, self)
+        woke = False
+        while not batch:
+            await self.wait_readable(after_wakeup=woke)
+            woke = True
+            batch = self._receive(1, self)
+        item = batch[0]
         return item[0], item[1]
 
     async def wait_readable(self, *, after_wakeup: bool = False) -> None:
@@ -328,21 +356,6 @@ class SocketIO(Tally):
         await self._recv_waiter.wait(self, wait)
 
     # -- sending -----------------------------------------------------------------------------
-
-    def send_nowait(self, data: bytes, address: Any, source: ReplySource | None = None) -> bool:
-        """Send one datagram if the kernel takes it now; ``False`` if it would block.
-
-        ``address`` is ignored on a connected socket; ``source`` (from a receive) makes the
-        datagram leave from the address that datagram was sent to.
-
-        Raises:
-            DatagramTooLargeError: The kernel refused the size (``EMSGSIZE``).
-            anyio.ClosedResourceError: The socket was closed.
-            OSError: ``ConnectionRefusedError`` and the like on a connected socket; anything
-                else the kernel reports (counted).
-        """
-        self.check_open()
-        return self._core.send(data, address, source, self)
 
     async def send(self, data: bytes, address: Any, source: ReplySource | None = None) -> None:
         """Send one datagram, waiting while the kernel's send buffer is full.

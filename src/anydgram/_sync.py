@@ -163,7 +163,7 @@ class _SyncBase(Generic[SendT, RecvT]):
 
     def _recv_datagram(self, deadline: float | None) -> tuple[bytes, Address]:
         requests = self._requests
-        data, address = self._io.recv(deadline, requests)
+        data, address = self._io.receive_one(deadline, requests)
         if requests.pending:  # a request() started while this call waited
             requests.deliver(data, address)
             raise anyio.BusyResourceError(BUSY_ACTION)

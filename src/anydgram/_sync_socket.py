@@ -214,7 +214,16 @@ class ThreadedSocketIO:
     def _leave(self, side: _Side, tally: Tally) -> None:
         """Add one call's counts to ``side`` and count the thread out (releasing if last)."""
         with side.lock:
-            side.tally.add(tally)
+            # The counters a receive or a send can change, by hand: Tally.add, once per
+            # datagram, would cost more than the system call.
+            total = side.tally
+            total.datagrams_received += tally.datagrams_received
+            total.bytes_received += tally.bytes_received
+            total.oversize += tally.oversize
+            total.datagrams_sent += tally.datagrams_sent
+            total.bytes_sent += tally.bytes_sent
+            total.send_errors += tally.send_errors
+            total.icmp_errors += tally.icmp_errors
             release = self._leave_locked(side)
         if release:
             self._release_deferred()
@@ -252,7 +261,7 @@ class ThreadedSocketIO:
 
     # -- receiving ---------------------------------------------------------------------------
 
-    def recv(self, deadline: float | None, busy: _Busy | None = None) -> tuple[bytes, Any]:
+    def receive_one(self, deadline: float | None, busy: _Busy | None = None) -> tuple[bytes, Any]:
         """Wait for one datagram of at most ``max_datagram_size`` bytes; ``(data, sender)``.
 
         ``busy``, when given, is checked before each read: while its ``pending`` count is
@@ -284,11 +293,11 @@ class ThreadedSocketIO:
         finally:
             self._leave(side, tally)
 
-    def drop_waiting(self, limit: int) -> int:
+    def discard_waiting(self, limit: int) -> int:
         """Take and discard up to ``limit`` datagrams already waiting; how many were taken.
 
         They count as received (they were), so the caller counts them where it drops them.
-        Errors are those of :meth:`recv`.
+        Errors are those of :meth:`receive_one`.
         """
         side = self._recv
         self._enter(side)
@@ -322,7 +331,7 @@ class ThreadedSocketIO:
             # while the peer's queue is full, so there is nothing to wait on but time.
             delay = UNIX_BACKOFF_FIRST
             woke_writable = False
-            while not core.send(data, address, None, tally):
+            while not core.send(tally, data, address):
                 now = time.monotonic()
                 if deadline is not None and now >= deadline:
                     raise TimeoutError("timed out")
