@@ -389,45 +389,62 @@ class SocketCore:
             self.unlink_path.remove()
 
 
+def receive_batch(
+    core: SocketCore, take: Callable[[int], Received], max_count: int, tally: Tally
+) -> list[Received]:
+    """Take up to ``max_count`` datagrams with ``take`` (one system call each), counting them.
+
+    The loop every one-datagram-per-call strategy shares: ``take(bufsize)`` returns one
+    datagram or raises ``BlockingIOError`` when none waits.
+    """
+    bufsize = core.bufsize
+    limit = core.max_datagram_size
+    batch: list[Received] = []
+    # Oversize datagrams and drained errors count towards the bound: junk cannot hold the
+    # event loop. An empty result may then come back while more waits.
+    for _ in range(max_count if max_count > MAX_BATCH else MAX_BATCH):
+        try:
+            item = take(bufsize)
+        except BlockingIOError:
+            break
+        except OSError as exc:
+            core.receive_failed(exc, tally)
+            continue
+        size = len(item[0])
+        if size > limit:
+            tally.oversize += 1
+            continue
+        tally.datagrams_received += 1
+        tally.bytes_received += size
+        batch.append(item)
+        if len(batch) >= max_count:
+            break
+    return batch
+
+
 class RecvFrom:
     """The portable receive: one ``recv``/``recvfrom`` per datagram."""
 
-    __slots__ = ("_core",)
+    __slots__ = ("_core", "_take")
 
     def __init__(self, core: SocketCore) -> None:
         self._core = core
+        sock = core.sock
+        peer = core.peer
+
+        def take_connected(bufsize: int) -> Received:
+            return sock.recv(bufsize), peer, None
+
+        def take_unix(bufsize: int) -> Received:
+            data, address = sock.recvfrom(bufsize)
+            return data, normalize_address(socket.AF_UNIX, address), None
+
+        def take_ip(bufsize: int) -> Received:
+            data, address = sock.recvfrom(bufsize)
+            return data, address, None
+
+        self._take = take_connected if core.connected else take_unix if core.is_unix else take_ip
 
     def receive(self, max_count: int, tally: Tally) -> list[Received]:
         """Take up to ``max_count`` waiting datagrams without blocking (possibly none)."""
-        core = self._core
-        sock = core.sock
-        bufsize = core.bufsize
-        limit = core.max_datagram_size
-        peer = core.peer
-        connected = core.connected
-        batch: list[Received] = []
-        # Oversize datagrams and drained errors count towards the bound: junk cannot hold
-        # the event loop. An empty result may then come back while more waits.
-        for _ in range(max_count if max_count > MAX_BATCH else MAX_BATCH):
-            try:
-                if connected:
-                    data = sock.recv(bufsize)
-                    address = peer
-                else:
-                    data, address = sock.recvfrom(bufsize)
-            except BlockingIOError:
-                break
-            except OSError as exc:
-                core.receive_failed(exc, tally)
-                continue
-            if len(data) > limit:
-                tally.oversize += 1
-                continue
-            tally.datagrams_received += 1
-            tally.bytes_received += len(data)
-            if core.is_unix:
-                address = normalize_address(socket.AF_UNIX, address)
-            batch.append((data, address, None))
-            if len(batch) >= max_count:
-                break
-        return batch
+        return receive_batch(self._core, self._take, max_count, tally)

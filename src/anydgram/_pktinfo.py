@@ -13,7 +13,7 @@ import socket
 import sys
 from typing import Final
 
-from ._io_core import MAX_BATCH, Received, ReplySource, SocketCore, Tally
+from ._io_core import Received, ReplySource, SocketCore, Tally, receive_batch
 
 __all__ = ("IPV6_PKTINFO", "IPV6_RECVPKTINFO", "IP_PKTINFO", "RecvPktinfo", "enable_pktinfo")
 
@@ -55,34 +55,17 @@ class RecvPktinfo:
 
     def receive(self, max_count: int, tally: Tally) -> list[Received]:
         """Take up to ``max_count`` waiting datagrams without blocking (possibly none)."""
-        core = self._core
-        sock = core.sock
-        bufsize = core.bufsize
-        limit = core.max_datagram_size
-        batch: list[Received] = []
-        for _ in range(max_count if max_count > MAX_BATCH else MAX_BATCH):
-            try:
-                data, ancdata, _flags, address = sock.recvmsg(bufsize, _ANCILLARY_SIZE)
-            except BlockingIOError:
-                break
-            except OSError as exc:
-                core.receive_failed(exc, tally)
-                continue
-            if len(data) > limit:
-                tally.oversize += 1
-                continue
-            tally.datagrams_received += 1
-            tally.bytes_received += len(data)
-            source = None
-            for level, kind, cdata in ancdata:
-                if (level == socket.IPPROTO_IP and kind == IP_PKTINFO) or (
-                    level == socket.IPPROTO_IPV6 and kind == IPV6_PKTINFO
-                ):
-                    source = self._reply_source(level, cdata)
-            batch.append((data, address, source))
-            if len(batch) >= max_count:
-                break
-        return batch
+        return receive_batch(self._core, self._take, max_count, tally)
+
+    def _take(self, bufsize: int) -> Received:
+        data, ancdata, _flags, address = self._core.sock.recvmsg(bufsize, _ANCILLARY_SIZE)
+        source = None
+        for level, kind, cdata in ancdata:
+            if (level == socket.IPPROTO_IP and kind == IP_PKTINFO) or (
+                level == socket.IPPROTO_IPV6 and kind == IPV6_PKTINFO
+            ):
+                source = self._reply_source(level, cdata)
+        return data, address, source
 
     def _reply_source(self, level: int, cdata: bytes) -> ReplySource | None:
         """The control message that makes a reply leave from where ``cdata`` says we received."""

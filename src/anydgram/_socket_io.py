@@ -277,6 +277,20 @@ class SocketIO(Tally):
             primitives = self._primitives = current_primitives()
         return primitives
 
+    def _bind_waits(self) -> tuple[Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]]:
+        """Pick the waits once, in the event loop: the socket's own, or anyio's on its fd."""
+        waits = self._waits
+        readable: Callable[[], Awaitable[None]]
+        writable: Callable[[], Awaitable[None]]
+        if waits is not None:
+            readable, writable = waits.wait_readable, waits.wait_writable
+        else:
+            primitives = self.primitives
+            readable = functools.partial(primitives.wait_readable, self.sock)
+            writable = functools.partial(primitives.wait_writable, self.sock)
+        self._wait_readable, self._wait_writable = readable, writable
+        return readable, writable
+
     async def fairness_checkpoint(self) -> None:
         """Pass a full checkpoint every ``FAIRNESS_INTERVAL`` calls that did not wait."""
         self._ready_ops += 1
@@ -347,12 +361,7 @@ class SocketIO(Tally):
             core.drain_error_queue(self)
         wait = self._wait_readable
         if wait is None:
-            waits = self._waits
-            if waits is not None:
-                wait = self._wait_readable = waits.wait_readable
-            else:
-                wait = functools.partial(self.primitives.wait_readable, self.sock)
-                self._wait_readable = wait
+            wait = self._bind_waits()[0]
         await self._recv_waiter.wait(self, wait)
 
     # -- sending -----------------------------------------------------------------------------
@@ -390,12 +399,7 @@ class SocketIO(Tally):
         self.check_open()
         wait = self._wait_writable
         if wait is None:
-            waits = self._waits
-            if waits is not None:
-                wait = self._wait_writable = waits.wait_writable
-            else:
-                wait = functools.partial(self.primitives.wait_writable, self.sock)
-                self._wait_writable = wait
+            wait = self._bind_waits()[1]
         await self._send_waiter.wait(self, wait)
 
     # -- closing -----------------------------------------------------------------------------
