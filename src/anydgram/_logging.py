@@ -46,7 +46,7 @@ class RateLimitedLog:
         burst: int = DEFAULT_BURST,
         interval: float = DEFAULT_INTERVAL,
     ) -> None:
-        self.logger = logger
+        self.logger: logging.Logger = logger
         self._burst = burst
         self._interval = interval
         self._budgets: dict[str, _Budget] = {}

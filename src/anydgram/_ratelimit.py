@@ -251,7 +251,7 @@ class AmplificationLimiter:
         #: key -> [bytes received, bytes sent, validated]
         self._table: OrderedDict[Any, list[Any]] = OrderedDict()
         #: Sends refused.
-        self.dropped = 0
+        self.dropped: int = 0
 
     def __len__(self) -> int:
         return len(self._table)

@@ -37,14 +37,14 @@ class Replies:
         amplification: AmplificationLimiter | None,
         log: RateLimitedLog,
     ) -> None:
-        self.make_datagram = make_datagram
+        self.make_datagram: Callable[[Any], bytes] = make_datagram
         # With the raw-bytes protocol serializing bytes is the identity: replies of at most
         # this many bytes skip the call. -1 (no packet is that short) otherwise.
-        self.raw_limit = raw_limit
-        self.amplification = amplification
-        self.log = log
+        self.raw_limit: int = raw_limit
+        self.amplification: AmplificationLimiter | None = amplification
+        self.log: RateLimitedLog = log
         #: Replies sent since the last full checkpoint (the server resets it per batch).
-        self.ready = 0
+        self.ready: int = 0
         self.checkpoint: Callable[[], Awaitable[None]] = anyio.lowlevel.checkpoint
 
     def failed(self, exc: OSError, address: Any) -> None:

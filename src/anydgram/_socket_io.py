@@ -215,7 +215,7 @@ class SocketIO(Tally):
             unlink_path=unlink_path,
             strategy=strategy,
         )
-        self.sock = sock
+        self.sock: SocketLike = sock
         self._receive = core.receive
         self.send_nowait = functools.partial(core.send, self)
         self._waits = waits
