@@ -26,7 +26,7 @@ import uuid
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar, NamedTuple, cast
+from typing import Any, ClassVar, NamedTuple, assert_type, cast
 
 import cbor2
 import msgspec
@@ -36,6 +36,7 @@ from hypothesis import strategies as st
 
 import anydgram._errors
 import anydgram.serializers
+from anydgram import DatagramProtocol, DatagramRequest, DatagramServer
 from anydgram.serializers import (
     Base64Serializer,
     BytesSerializer,
@@ -1215,12 +1216,20 @@ WORST_CASE_CPU_SECONDS = 0.05
 
 
 def _worst_cases() -> list[Any]:
-    from fuzz.fuzz_serializers import hash_collision_datagrams
+    from fuzz.fuzz_serializers import deep_nesting_datagrams, hash_collision_datagrams
 
-    serializers = {"cbor": CBORSerializer(), "msgpack": MessagePackSerializer()}
+    serializers = {
+        "cbor": CBORSerializer(),
+        "msgpack": MessagePackSerializer(),
+        "msgspec-json": MsgspecSerializer(),
+        "msgspec-msgpack": MsgspecSerializer(format="msgpack"),
+    }
+    shapes = {
+        **hash_collision_datagrams(WORST_CASE_SIZE),
+        **deep_nesting_datagrams(WORST_CASE_SIZE),
+    }
     cases = [
-        pytest.param(serializers[name], data, id=shape)
-        for shape, (name, data) in hash_collision_datagrams(WORST_CASE_SIZE).items()
+        pytest.param(serializers[name], data, id=shape) for shape, (name, data) in shapes.items()
     ]
     cases.append(
         pytest.param(
@@ -1458,3 +1467,30 @@ def test_msgspec_error_messages_stay_short() -> None:
     with pytest.raises(DeserializeError) as info:
         serializer.deserialize(b'{"name": "' + b"x" * 60_000 + b'", "items": 1}')
     assert len(str(info.value)) <= 140
+
+
+class _Request(msgspec.Struct):
+    op: str
+    seq: int
+
+
+class _Reply(msgspec.Struct):
+    seq: int
+
+
+def test_msgspec_typed_server_types_the_packet() -> None:
+    # Checked by mypy and pyright: the handler sees a _Request, and so does the protocol.
+    serializer = MsgspecSerializer(_Request)
+    assert_type(serializer, MsgspecSerializer[_Request])
+    assert_type(serializer.deserialize(b'{"op":"x","seq":1}'), _Request)
+    protocol = DatagramProtocol(serializer)
+
+    async def handler(request: DatagramRequest[_Reply, _Request]) -> None:
+        assert_type(request.packet, _Request)
+        await request.respond(_Reply(request.packet.seq))
+
+    server: DatagramServer[_Reply, _Request] = DatagramServer(
+        "127.0.0.1", 0, handler, protocol=protocol
+    )
+    assert_type(server, DatagramServer[_Reply, _Request])
+    assert protocol.build_packet_from_datagram(b'{"op":"x","seq":1}') == _Request("x", 1)

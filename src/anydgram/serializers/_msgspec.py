@@ -116,7 +116,7 @@ def _msgpack_check(data: bytes, max_depth: int, *, walk: bool) -> str | None:
     return None
 
 
-class MsgspecSerializer(Serializer[T, T], Generic[T]):
+class MsgspecSerializer(Serializer[Any, T], Generic[T]):
     """Typed messages: JSON or MessagePack decoded and validated into ``type`` by msgspec.
 
     Needs the ``msgspec`` extra (``pip install 'anydgram[msgspec]'``). The handler receives
@@ -192,11 +192,14 @@ class MsgspecSerializer(Serializer[T, T], Generic[T]):
         name = getattr(self._type, "__name__", None) or repr(self._type)
         return f"MsgspecSerializer({name}, format={self._format!r}, max_depth={self._max_depth})"
 
-    def serialize(self, packet: T) -> bytes:
+    def serialize(self, packet: Any) -> bytes:
         """Encode ``packet`` as JSON or MessagePack.
 
+        The type parameter is what datagrams decode into; any value msgspec encodes can be
+        sent, so one server may decode requests of one type and send replies of another.
+
         Args:
-            packet: An instance of the serializer's type (or any value msgspec encodes).
+            packet: A value msgspec encodes (a Struct, a dataclass, JSON-like values, ...).
 
         Returns:
             The encoded packet.
