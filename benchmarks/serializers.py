@@ -96,6 +96,7 @@ def build_cases() -> tuple[list[Case], list[str]]:
             objects,
         ),
     ]
+    cases.extend(_msgspec_cases(objects))
     # A struct format fixes the datagram's size, so each size has its own format.
     for size, fmt in STRUCT_FORMATS.items():
         values = tuple(range(1, len(struct.unpack(fmt, bytes(struct.calcsize(fmt)))) + 1))
@@ -111,6 +112,44 @@ def build_cases() -> tuple[list[Case], list[str]]:
         else:
             runnable.append(case)
     return runnable, notes
+
+
+def _msgspec_cases(objects: dict[str, Any]) -> list[Case]:
+    """MsgspecSerializer untyped (the same dicts) and typed (Structs of the same shape)."""
+    from anydgram.serializers import MsgspecSerializer
+
+    try:
+        import msgspec
+    except ImportError:  # reported as a note when the untyped case cannot be made
+        typed: dict[str, Any] = {}
+        report: Any = None
+    else:
+        # defstruct: local classes' string annotations would not resolve.
+        item = msgspec.defstruct(
+            "Item", [("seq", int), ("name", str), ("value", float), ("flags", list[bool | None])]
+        )
+        report = msgspec.defstruct(
+            "Report", [("id", int), ("method", str), ("ok", bool), ("items", list[item])]
+        )
+        typed = {size: msgspec.convert(packet, report) for size, packet in objects.items()}
+    cases = []
+    for fmt in ("json", "msgpack"):
+        cases.append(
+            Case(
+                f"MsgspecSerializer({fmt}, untyped)",
+                partial(MsgspecSerializer, format=fmt),
+                objects,
+            )
+        )
+        if report is not None:
+            cases.append(
+                Case(
+                    f"MsgspecSerializer({fmt}, Struct)",
+                    partial(MsgspecSerializer, report, format=fmt),
+                    typed,
+                )
+            )
+    return cases
 
 
 # -- timing ------------------------------------------------------------------------------------

@@ -757,3 +757,23 @@ def test_chunking_reassembler_within_bounds() -> None:
         assert reassembler._pending_bytes <= module.MAX_PENDING_BYTES
     assert reassembler.stats["messages"] > 0
     assert reassembler.stats["expired"] > 0
+
+
+# -- typed service (msgspec) -------------------------------------------------------------------
+
+
+def test_typed_service_answers_each_message_type_and_refuses_bad_ones() -> None:
+    with ExampleProcess("typed_service.py", "--port", "0") as server:
+        host, port = server.address()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+            peer.settimeout(10)
+            peer.connect((host, port))
+            peer.send(b'{"type":"add","a":2,"b":3}')
+            assert json.loads(peer.recv(2048)) == {"type": "sum", "value": 5}
+            peer.send(b'{"type":"echo","text":"hi","times":2}')
+            assert json.loads(peer.recv(2048)) == {"type": "echoed", "text": "hihi"}
+            peer.send(b'{"type":"add","a":"two","b":3}')
+            server.wait_for(containing("Expected `int`, got `str` - at `$.a`"))
+            peer.send(b'{"type":"divide","a":1,"b":0}')
+            server.wait_for(containing("Invalid value 'divide' - at `$.type`"))
+        assert server.stop() == 0, server.stderr()

@@ -70,7 +70,7 @@ def test_every_serializer_seed_parses() -> None:
     for name, data in fuzz_serializers.seed_inputs().items():
         target = fuzz_serializers.TARGETS[data[0]]
         assert name.startswith(f"{data[0]:02d}-{target.name}-")
-        if "-collide-" in name:
+        if "-collide-" in name or "-deep" in name:
             continue
         target.protocol.build_packet_from_datagram(data[1:])  # raises if the seed is invalid
 
@@ -79,11 +79,23 @@ def test_hash_collision_seeds_are_refused() -> None:
     seeds = {
         name: data for name, data in fuzz_serializers.seed_inputs().items() if "-collide-" in name
     }
-    assert len(seeds) == 8
+    assert len(seeds) == 9
     for name, data in seeds.items():
         assert len(data) <= 4096, name  # the fuzzers' -max_len
         target = fuzz_serializers.TARGETS[data[0]]
-        with pytest.raises(DatagramProtocolParseError, match=r"must be a|not allowed for map key"):
+        with pytest.raises(
+            DatagramProtocolParseError, match=r"must be a|not allowed for map key|map keys must be"
+        ):
+            target.protocol.build_packet_from_datagram(data[1:])
+
+
+def test_deep_nesting_seeds_are_refused() -> None:
+    seeds = {name: data for name, data in fuzz_serializers.seed_inputs().items() if "-deep" in name}
+    assert len(seeds) == 3
+    for name, data in seeds.items():
+        assert len(data) <= 4096, name
+        target = fuzz_serializers.TARGETS[data[0]]
+        with pytest.raises(DatagramProtocolParseError, match=r"nested deeper|do not match"):
             target.protocol.build_packet_from_datagram(data[1:])
 
 

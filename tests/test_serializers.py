@@ -26,15 +26,17 @@ import uuid
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple, assert_type, cast
 
 import cbor2
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import anydgram._errors
 import anydgram.serializers
+from anydgram import DatagramProtocol, DatagramRequest, DatagramServer
 from anydgram.serializers import (
     Base64Serializer,
     BytesSerializer,
@@ -43,13 +45,14 @@ from anydgram.serializers import (
     HMACSerializer,
     JSONSerializer,
     MessagePackSerializer,
+    MsgspecSerializer,
     PickleSerializer,
     Serializer,
     StringSerializer,
     StructSerializer,
     ZlibSerializer,
 )
-from fuzz.fuzz_serializers import cbor_head
+from fuzz.fuzz_serializers import cbor_head, hash_collision_datagrams
 
 KEY = b"k" * 32
 
@@ -276,6 +279,46 @@ class TestMessagePackSerializer(SerializerConformance):
         return MessagePackSerializer()
 
 
+class TestMsgspecSerializerJSON(SerializerConformance):
+    sample_packets = JSON_SAMPLES
+    packet_strategy = json_packets
+
+    def make_serializer(self) -> Serializer[Any, Any]:
+        return MsgspecSerializer()
+
+
+class TestMsgspecSerializerMessagePack(SerializerConformance):
+    sample_packets = (*JSON_SAMPLES, b"", b"\x00bytes", 2**64 - 1, {1: "int key"})
+    packet_strategy = _containers(
+        st.none()
+        | st.booleans()
+        | st.integers(-(2**63), 2**64 - 1)
+        | finite_floats
+        | short_text
+        | st.binary(max_size=20),
+        short_text,
+    )
+
+    def make_serializer(self) -> Serializer[Any, Any]:
+        return MsgspecSerializer(format="msgpack")
+
+
+class _Point(msgspec.Struct):
+    x: int
+    y: int
+    label: str = ""
+
+
+class TestMsgspecSerializerStruct(SerializerConformance):
+    sample_packets = (_Point(0, 0), _Point(-(2**63), 2**63 - 1, "héllo"))
+    packet_strategy = st.builds(
+        _Point, st.integers(-(2**63), 2**63 - 1), st.integers(-(2**63), 2**63 - 1), short_text
+    )
+
+    def make_serializer(self) -> Serializer[Any, Any]:
+        return MsgspecSerializer(_Point, format="msgpack")
+
+
 class TestCBORSerializer(SerializerConformance):
     sample_packets = (
         *JSON_SAMPLES,
@@ -455,6 +498,7 @@ def test_hmac_wrapper_refuses_a_non_serializer() -> None:
         ("msgpack", MessagePackSerializer, "msgpack"),
         ("cbor2", CBORSerializer, "cbor"),
         ("orjson", lambda: JSONSerializer(use_orjson=True), "orjson"),
+        ("msgspec", MsgspecSerializer, "msgspec"),
     ],
 )
 def test_missing_optional_library_names_the_extra(
@@ -1172,12 +1216,20 @@ WORST_CASE_CPU_SECONDS = 0.05
 
 
 def _worst_cases() -> list[Any]:
-    from fuzz.fuzz_serializers import hash_collision_datagrams
+    from fuzz.fuzz_serializers import deep_nesting_datagrams, hash_collision_datagrams
 
-    serializers = {"cbor": CBORSerializer(), "msgpack": MessagePackSerializer()}
+    serializers = {
+        "cbor": CBORSerializer(),
+        "msgpack": MessagePackSerializer(),
+        "msgspec-json": MsgspecSerializer(),
+        "msgspec-msgpack": MsgspecSerializer(format="msgpack"),
+    }
+    shapes = {
+        **hash_collision_datagrams(WORST_CASE_SIZE),
+        **deep_nesting_datagrams(WORST_CASE_SIZE),
+    }
     cases = [
-        pytest.param(serializers[name], data, id=shape)
-        for shape, (name, data) in hash_collision_datagrams(WORST_CASE_SIZE).items()
+        pytest.param(serializers[name], data, id=shape) for shape, (name, data) in shapes.items()
     ]
     cases.append(
         pytest.param(
@@ -1321,3 +1373,124 @@ def test_protocol_cuts_long_messages_from_any_serializer() -> None:
     assert message.endswith("...")
     assert len(message) <= 200
     assert info.value.data == data
+
+
+# --- MsgspecSerializer -----------------------------------------------------------------------
+
+
+class _Inner(msgspec.Struct):
+    count: int
+
+
+class _Outer(msgspec.Struct):
+    name: str
+    items: list[_Inner]
+
+
+@pytest.mark.parametrize("fmt", ["json", "msgpack"])
+def test_msgspec_validation_error_names_the_field(fmt: Any) -> None:
+    serializer = MsgspecSerializer(_Outer, format=fmt)
+    untyped = MsgspecSerializer(format=fmt)
+    bad = untyped.serialize({"name": "n", "items": [{"count": 1}, {"count": "two"}]})
+    with pytest.raises(
+        DeserializeError, match=r"Expected `int`, got `str` - at `\$\.items\[1\]\.count`"
+    ):
+        serializer.deserialize(bad)
+    with pytest.raises(DeserializeError, match="missing required field `name`"):
+        serializer.deserialize(untyped.serialize({"items": []}))
+    packet = _Outer("n", [_Inner(3)])
+    assert serializer.deserialize(serializer.serialize(packet)) == packet
+
+
+def _nested(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("fmt", ["json", "msgpack"])
+def test_msgspec_max_depth_is_enforced_before_decoding(fmt: Any) -> None:
+    serializer = MsgspecSerializer(format=fmt, max_depth=10)
+    assert serializer.deserialize(serializer.serialize(_nested(10))) == _nested(10)
+    with pytest.raises(DeserializeError, match="nested deeper than 10"):
+        serializer.deserialize(serializer.serialize(_nested(11)))
+    with pytest.raises(DeserializeError, match="nested deeper than 10"):
+        serializer.deserialize(serializer.serialize([{"a": _nested(10)}]))
+    # Far deeper than msgspec's own recursion could go: refused by the scan, quickly.
+    deep = b"[" * 60_000 + b"]" * 60_000 if fmt == "json" else b"\x91" * 60_000
+    with pytest.raises(DeserializeError, match="nested deeper than 10"):
+        serializer.deserialize(deep)
+    if fmt == "json":
+        with pytest.raises(DeserializeError, match="brackets do not match"):
+            serializer.deserialize(b"[" * 60_000)
+
+
+def test_msgspec_json_brackets_in_strings_do_not_count() -> None:
+    serializer = MsgspecSerializer(max_depth=2)
+    packet = ["[[[[[[{{{{{{", {"k": ']]]]\\"[[[['}]
+    assert serializer.deserialize(serializer.serialize(packet)) == packet
+
+
+def test_msgspec_msgpack_refuses_keys_that_collide() -> None:
+    serializer = MsgspecSerializer(format="msgpack")
+    shapes = hash_collision_datagrams(4095)
+    for _shape, (name, datagram) in shapes.items():
+        if name != "msgpack":
+            continue
+        start = time.process_time()
+        with contextlib.suppress(DeserializeError):
+            serializer.deserialize(datagram)
+        assert time.process_time() - start < 0.05
+    with pytest.raises(DeserializeError, match="map keys must be"):
+        serializer.deserialize(shapes["msgpack-pair-map"][1])
+    with pytest.raises(DeserializeError, match="map keys must be"):
+        serializer.deserialize(b"\x81\xcb" + b"\x00" * 8 + b"\xc0")
+
+
+def test_msgspec_arguments_are_checked() -> None:
+    with pytest.raises(ValueError, match="format"):
+        MsgspecSerializer(format=cast("Any", "yaml"))
+    with pytest.raises(ValueError, match="max_depth"):
+        MsgspecSerializer(max_depth=0)
+    with pytest.raises(TypeError, match="max_depth"):
+        MsgspecSerializer(max_depth=cast("Any", 1.5))
+    with pytest.raises(TypeError):
+        MsgspecSerializer(cast("Any", object()))
+    assert repr(MsgspecSerializer(_Outer, format="msgpack")) == (
+        "MsgspecSerializer(_Outer, format='msgpack', max_depth=64)"
+    )
+
+
+def test_msgspec_error_messages_stay_short() -> None:
+    serializer = MsgspecSerializer(_Outer)
+    with pytest.raises(DeserializeError) as info:
+        serializer.deserialize(b'{"name": "' + b"x" * 60_000 + b'", "items": 1}')
+    assert len(str(info.value)) <= 140
+
+
+class _Request(msgspec.Struct):
+    op: str
+    seq: int
+
+
+class _Reply(msgspec.Struct):
+    seq: int
+
+
+def test_msgspec_typed_server_types_the_packet() -> None:
+    # Checked by mypy and pyright: the handler sees a _Request, and so does the protocol.
+    serializer = MsgspecSerializer(_Request)
+    assert_type(serializer, MsgspecSerializer[_Request])
+    assert_type(serializer.deserialize(b'{"op":"x","seq":1}'), _Request)
+    protocol = DatagramProtocol(serializer)
+
+    async def handler(request: DatagramRequest[_Reply, _Request]) -> None:
+        assert_type(request.packet, _Request)
+        await request.respond(_Reply(request.packet.seq))
+
+    server: DatagramServer[_Reply, _Request] = DatagramServer(
+        "127.0.0.1", 0, handler, protocol=protocol
+    )
+    assert_type(server, DatagramServer[_Reply, _Request])
+    assert protocol.build_packet_from_datagram(b'{"op":"x","seq":1}') == _Request("x", 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 from typing import Any
 
@@ -12,9 +13,11 @@ from anydgram import (
     DatagramProtocol,
     DatagramRequest,
     DatagramServer,
+    LogBudget,
     ServerStatistics,
 )
 from anydgram.serializers import JSONSerializer
+from anydgram.testing import MemoryNetwork
 from endpoint_harness import wait_until
 from server_harness import BytesRequest, echo, open_fds, peers, request_reply, serving
 
@@ -127,3 +130,30 @@ async def test_vanished_clients_do_not_hurt_the_server() -> None:
     assert stats.handler_errors == 0
     assert stats.datagrams_received == 101
     assert stats.datagrams_sent + stats.send_errors + stats.icmp_errors >= 101
+
+
+async def test_log_records_carry_the_peer_and_summaries_come_when_the_interval_ends(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def fail(request: BytesRequest) -> None:
+        raise RuntimeError("boom")
+
+    net = MemoryNetwork()
+    logger = logging.getLogger("test.server.budget")
+    budget = LogBudget(burst=1, interval=0.2)
+    server = DatagramServer("127.0.0.1", 9000, fail, network=net, logger=logger, log_budget=budget)
+    with caplog.at_level(logging.INFO, logger="test.server.budget"):
+        async with serving(server), await net.connect_udp("127.0.0.1", 9000) as client:
+            sender = client.local_address
+            for _ in range(4):
+                await client.send_packet(b"x")
+            await wait_until(lambda: server.statistics().handler_errors == 4)
+            # No more datagrams: the summary of the three suppressed records must come by
+            # itself once the interval ends, not at the next record or at shutdown.
+            await wait_until(lambda: any("suppressed" in r.getMessage() for r in caplog.records))
+            assert server.statistics().handler_errors == 4
+    failures = [r for r in caplog.records if getattr(r, "category", None) == "handler"]
+    assert failures[0].getMessage().startswith("handler raised for a datagram from 127.0.0.1:")
+    assert getattr(failures[0], "peer", None) == f"{sender[0]}:{sender[1]}"  # type: ignore[index]
+    summary = next(r for r in caplog.records if "suppressed" in r.getMessage())
+    assert getattr(summary, "suppressed", None) == 3

@@ -33,6 +33,8 @@ def test_arguments_are_checked() -> None:
         DatagramServer("127.0.0.1", 0, echo, recv_buffer_size=0)
     with pytest.raises(TypeError, match="logger"):
         DatagramServer("127.0.0.1", 0, echo, logger="x")  # type: ignore[call-overload]
+    with pytest.raises(TypeError, match="log_budget"):
+        DatagramServer("127.0.0.1", 0, echo, log_budget=5)  # type: ignore[call-overload]
 
 
 def test_a_handler_that_is_not_async_is_refused() -> None:

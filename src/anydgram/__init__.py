@@ -13,6 +13,7 @@ from ._endpoint import IPAddress as IPAddress
 from ._errors import DatagramProtocolParseError as DatagramProtocolParseError
 from ._errors import DatagramTooLargeError as DatagramTooLargeError
 from ._errors import DeserializeError as DeserializeError
+from ._logging import LogBudget as LogBudget
 from ._open_endpoint import connect_udp as connect_udp
 from ._open_endpoint import connect_unix_datagram as connect_unix_datagram
 from ._open_endpoint import open_udp_endpoint as open_udp_endpoint
@@ -42,6 +43,7 @@ __all__ = (
     "DeserializeError",
     "EndpointStatistics",
     "IPAddress",
+    "LogBudget",
     "RateLimit",
     "ServerStatistics",
     "SocketProxy",

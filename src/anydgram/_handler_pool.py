@@ -383,4 +383,5 @@ class HandlerPool:
             what,
             format_address(request.address),
             exc_info=exc,
+            peer=request.address,
         )

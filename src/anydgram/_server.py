@@ -21,7 +21,7 @@ from anyio.abc import TaskStatus
 from ._address import format_addresses
 from ._errors import DatagramProtocolParseError
 from ._handler_pool import HandlerPool
-from ._logging import RateLimitedLog
+from ._logging import LogBudget, RateLimitedLog
 from ._network import ServerNetwork
 from ._open_endpoint import check_port
 from ._protocol import DatagramProtocol, RecvT, SendT, default_protocol
@@ -40,7 +40,6 @@ from ._server_sockets import check_hosts
 from ._socket_io import SocketProxy
 from ._statistics import ServerStatistics
 from ._workers import resolve_backend, run_in_this_process, run_workers
-from .serializers import BytesSerializer
 
 if TYPE_CHECKING:
     from ._endpoint import Address, IPAddress
@@ -100,7 +99,10 @@ class DatagramServer(Generic[SendT, RecvT]):
             ``None``: no cap.
         logger: Where log records go; ``logging.getLogger("anydgram.server")`` by default.
             Records repeated in bursts (handler, parse and send errors) are rate-limited, so a
-            hostile peer cannot flood the log.
+            hostile peer cannot flood the log: past ``log_budget`` records of one kind per
+            interval, the rest are summed up in one record when the interval ends.
+        log_budget: That budget (:class:`~anydgram.LogBudget`); ``None``: 5 records of a
+            kind per 10 s.
         parse_error_handler: ``async def on_parse_error(request)`` for undecodable datagrams:
             ``request.packet`` is the :class:`~anydgram.DatagramProtocolParseError` (raw bytes
             in ``.data``), and ``request.respond()`` works as usual. It runs like a handler,
@@ -131,6 +133,7 @@ class DatagramServer(Generic[SendT, RecvT]):
         rate_limit: RateLimit | None = None,
         amplification_factor: float | None = None,
         logger: logging.Logger | None = None,
+        log_budget: LogBudget | None = None,
         parse_error_handler: ParseErrorHandler[bytes] | None = None,
         network: object = None,
     ) -> None: ...
@@ -148,6 +151,7 @@ class DatagramServer(Generic[SendT, RecvT]):
         rate_limit: RateLimit | None = None,
         amplification_factor: float | None = None,
         logger: logging.Logger | None = None,
+        log_budget: LogBudget | None = None,
         parse_error_handler: ParseErrorHandler[SendT] | None = None,
         network: object = None,
     ) -> None: ...
@@ -164,6 +168,7 @@ class DatagramServer(Generic[SendT, RecvT]):
         rate_limit: RateLimit | None = None,
         amplification_factor: float | None = None,
         logger: logging.Logger | None = None,
+        log_budget: LogBudget | None = None,
         parse_error_handler: ParseErrorHandler[Any] | None = None,
         network: object = None,
     ) -> None:
@@ -176,6 +181,7 @@ class DatagramServer(Generic[SendT, RecvT]):
             rate_limit,
             amplification_factor,
             network,
+            log_budget,
         )
         self._rate_limit = rate_limit
         self._amplification_factor = amplification_factor
@@ -193,17 +199,9 @@ class DatagramServer(Generic[SendT, RecvT]):
             default_protocol() if protocol is None else protocol  # type: ignore[assignment]
         )
         self._make_datagram = self._protocol.make_datagram
-        self._log = RateLimitedLog(logger or logging.getLogger("anydgram.server"))
-
-        # With the raw-bytes protocol, parsing and serializing bytes are the identity: the hot
-        # path skips those calls. -1 (no packet is that short) otherwise.
-        raw_limit = (
-            self._protocol.max_datagram_size
-            if type(self._protocol) is DatagramProtocol
-            and type(self._protocol.serializer) is BytesSerializer
-            else -1
-        )
-        self._replies = Replies(self._make_datagram, raw_limit, self._amplification, self._log)
+        log = logger or logging.getLogger("anydgram.server")
+        self._log = RateLimitedLog(log, budget=log_budget)
+        self._replies = Replies(self._protocol, self._amplification, self._log)
         self._intake = Intake(
             self,
             self._protocol,

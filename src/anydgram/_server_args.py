@@ -8,6 +8,7 @@ import logging
 import math
 from typing import Any
 
+from ._logging import LogBudget
 from ._network import ServerNetwork
 from ._ratelimit import RateLimit
 
@@ -46,6 +47,7 @@ def check_server_arguments(
     rate_limit: Any,
     amplification_factor: Any,
     network: Any,
+    log_budget: Any,
 ) -> None:
     """Raise TypeError or ValueError for the first argument of ``DatagramServer`` that is bad."""
     if not is_async_callable(handler):
@@ -93,3 +95,5 @@ def check_server_arguments(
             f"network must be an anydgram.testing.MemoryNetwork or None, "
             f"not {type(network).__name__}"
         )
+    if log_budget is not None and not isinstance(log_budget, LogBudget):
+        raise TypeError(f"log_budget must be a LogBudget or None, not {type(log_budget).__name__}")

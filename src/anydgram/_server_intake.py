@@ -79,6 +79,7 @@ class Intake:
                     len(data),
                     format_address(address),
                     exc,
+                    peer=address,
                 )
                 if hook:
                     pending.append(
@@ -122,5 +123,6 @@ class Intake:
                 "rate limit exceeded by %s (and perhaps others): %s",
                 format_address(over_from),
                 "logged only" if log_only else "dropping datagrams",
+                peer=over_from,
             )
         return kept

@@ -18,6 +18,7 @@ from anyio.abc import TaskStatus
 from ._address import format_addresses
 from ._backend import current_primitives
 from ._io_core import Tally
+from ._logging import flush_periodically
 from ._server_sockets import open_server_sockets, resolve_bind_addresses
 
 if TYPE_CHECKING:
@@ -126,6 +127,8 @@ class Lifecycle:
                     if not self._pool.stop_requested:
                         self.state = "serving"
                         self._pool.start(tasks, transports)
+                        # Suppressed-record summaries come when their interval ends.
+                        tasks.start_soon(flush_periodically, self._log, name="anydgram log")
                     task_status.started(self.addresses)
                     await self._stop_wakeup.wait()
                     self.state = "stopping"

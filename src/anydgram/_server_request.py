@@ -10,9 +10,10 @@ import anyio.lowlevel
 
 from ._address import format_address
 from ._errors import DatagramProtocolParseError
-from ._protocol import RecvT, SendT
+from ._protocol import DatagramProtocol, RecvT, SendT
 from ._ratelimit import source_key
 from ._socket_io import SEND_FAIRNESS_INTERVAL
+from .serializers import BytesSerializer
 
 if TYPE_CHECKING:
     from ._endpoint import IPAddress
@@ -32,15 +33,18 @@ class Replies:
 
     def __init__(
         self,
-        make_datagram: Callable[[Any], bytes],
-        raw_limit: int,
+        protocol: DatagramProtocol[Any, Any],
         amplification: AmplificationLimiter | None,
         log: RateLimitedLog,
     ) -> None:
-        self.make_datagram: Callable[[Any], bytes] = make_datagram
-        # With the raw-bytes protocol serializing bytes is the identity: replies of at most
-        # this many bytes skip the call. -1 (no packet is that short) otherwise.
-        self.raw_limit: int = raw_limit
+        self.make_datagram: Callable[[Any], bytes] = protocol.make_datagram
+        # With the raw-bytes protocol parsing and serializing bytes are the identity: datagrams
+        # and replies of at most this many bytes skip the calls. -1 (none is that short) else.
+        self.raw_limit: int = (
+            protocol.max_datagram_size
+            if type(protocol) is DatagramProtocol and type(protocol.serializer) is BytesSerializer
+            else -1
+        )
         self.amplification: AmplificationLimiter | None = amplification
         self.log: RateLimitedLog = log
         #: Replies sent since the last full checkpoint (the server resets it per batch).
@@ -50,7 +54,12 @@ class Replies:
     def failed(self, exc: OSError, address: Any) -> None:
         """Log a reply the kernel refused (it is counted by the socket already)."""
         self.log.log(
-            "send", logging.WARNING, "could not send to %s: %s", format_address(address), exc
+            "send",
+            logging.WARNING,
+            "could not send to %s: %s",
+            format_address(address),
+            exc,
+            peer=address,
         )
 
 

@@ -53,6 +53,7 @@ from anydgram.serializers import (
     HMACSerializer,
     JSONSerializer,
     MessagePackSerializer,
+    MsgspecSerializer,
     PickleSerializer,
     StringSerializer,
     StructSerializer,
@@ -227,6 +228,13 @@ TARGETS: tuple[Target, ...] = (
         RoundTrip.NONE,  # the zlib-json reason above
         _JSON_SEEDS,
     ),
+    Target("msgspec-json", _protocol(MsgspecSerializer()), RoundTrip.STABLE, _JSON_SEEDS),
+    Target(
+        "msgspec-msgpack",
+        _protocol(MsgspecSerializer(format="msgpack")),
+        RoundTrip.STABLE,
+        _BINARY_SEEDS,
+    ),
 )
 
 
@@ -389,7 +397,8 @@ def hash_collision_datagrams(size: int) -> dict[str, tuple[str, bytes]]:
     their number: CBOR sets and maps of bignums ``k * HASH_MODULUS`` (all hash to 0) and CBOR
     maps keyed by pairs of small integers from :func:`colliding_pairs`; MessagePack maps of
     integer keys ``k * HASH_MODULUS`` below 2**64 (only eight collide) beside the same pairs
-    as keys. The serializers refuse them all: keys and set members must be strings.
+    as keys, also for MsgspecSerializer's MessagePack. The serializers refuse them all: keys
+    and set members must be strings (MsgspecSerializer: scalars, not floats or containers).
     """
     count = size // 4
     bignums = [_cbor_bignum((k + 1) * HASH_MODULUS) for k in range(count)]
@@ -409,6 +418,20 @@ def hash_collision_datagrams(size: int) -> dict[str, tuple[str, bytes]]:
         "cbor-pair-map": ("cbor", cbor_pair_map),
         "msgpack-int-map": ("msgpack", _fill(_msgpack_map_head, msgpack_ints, size)),
         "msgpack-pair-map": ("msgpack", _fill(_msgpack_map_head, msgpack_pairs, size)),
+        "msgspec-msgpack-pair-map": (
+            "msgspec-msgpack",
+            _fill(_msgpack_map_head, msgpack_pairs, size),
+        ),
+    }
+
+
+def deep_nesting_datagrams(size: int) -> dict[str, tuple[str, bytes]]:
+    """Datagrams nested as deep as ``size`` bytes allow, for the targets that bound depth."""
+    half = size // 2
+    return {
+        "msgspec-json-deep": ("msgspec-json", b"[" * half + b"]" * half),
+        "msgspec-json-deep-open": ("msgspec-json", b"[" * size),
+        "msgspec-msgpack-deep": ("msgspec-msgpack", b"\x91" * (size - 1) + b"\xc0"),
     }
 
 
@@ -416,7 +439,8 @@ def seed_inputs() -> dict[str, bytes]:
     """The seed corpus: each target's seed packets as fuzzer inputs, by file name.
 
     Besides the valid seeds (``NN-target-number``), the hash-collision family
-    (:func:`hash_collision_datagrams`, named ``NN-target-collide-shape``) as datagrams that
+    (:func:`hash_collision_datagrams`, named ``NN-target-collide-shape``) and the deep-nesting
+    family (:func:`deep_nesting_datagrams`, ``NN-target-deep...``) as datagrams that
     fit the fuzzers' ``-max_len``, alone and behind the HMAC target that holds CBOR.
     """
     seeds: dict[str, bytes] = {}
@@ -425,8 +449,15 @@ def seed_inputs() -> dict[str, bytes]:
             datagram = target.protocol.make_datagram(packet)
             seeds[f"{index:02d}-{target.name}-{number}"] = bytes([index]) + datagram
     indexes = {target.name: index for index, target in enumerate(TARGETS)}
-    for shape, (name, datagram) in hash_collision_datagrams(SEED_COLLISION_SIZE).items():
-        file_name = f"{indexes[name]:02d}-{name}-collide-{shape.removeprefix(name + '-')}"
+    shapes = {
+        **hash_collision_datagrams(SEED_COLLISION_SIZE),
+        **deep_nesting_datagrams(SEED_COLLISION_SIZE),
+    }
+    for shape, (name, datagram) in shapes.items():
+        suffix = shape.removeprefix(name + "-")
+        if not suffix.startswith("deep"):
+            suffix = "collide-" + suffix
+        file_name = f"{indexes[name]:02d}-{name}-{suffix}"
         seeds[file_name] = bytes([indexes[name]]) + datagram
     # Behind HMAC: what a peer holding the key could send. The tag takes 32 bytes.
     signer = HMACSerializer(BytesSerializer(), HMAC_KEY)

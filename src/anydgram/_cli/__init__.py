@@ -71,6 +71,8 @@ def _run_command(args: argparse.Namespace, backend: Backend) -> int:
                 max_concurrent=args.max_concurrent,
                 verbose=args.verbose,
                 seed=args.seed,
+                metrics=args.metrics,
+                stats_interval=args.stats_interval,
             ),
             backend,
         )

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from .._version import __version__
+from ._observe import metrics_address
 from ._runner import BACKENDS, CLIError
 
 __all__ = (
@@ -210,6 +211,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=256,
         metavar="N",
         help="handlers running at once (default: 256)",
+    )
+    serve.add_argument(
+        "--metrics",
+        type=metrics_address,
+        default=None,
+        metavar="[HOST:]PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (HOST: 127.0.0.1 unless "
+        "written out, as localhost or an IP address)",
+    )
+    serve.add_argument(
+        "--stats-interval",
+        type=_number(0.1, high=86400.0),
+        default=None,
+        metavar="SECONDS",
+        help="print one statistics line every SECONDS",
     )
     serve.add_argument("-v", "--verbose", action="store_true", help="log each datagram")
 

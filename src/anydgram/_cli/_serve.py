@@ -20,6 +20,7 @@ import anyio
 from .. import DatagramProtocol, DatagramRequest, DatagramServer
 from ..serializers import CBORSerializer, JSONSerializer, MessagePackSerializer, StringSerializer
 from ._args import MODES, PROTOCOLS
+from ._observe import MetricsServer, print_statistics
 from ._output import (
     describe_payload,
     format_address,
@@ -150,6 +151,8 @@ class ServeOptions:
     max_concurrent: int = 256
     verbose: bool = False
     seed: int | None = None
+    metrics: tuple[str, int] | None = None
+    stats_interval: float | None = None
 
 
 def _listen_error(options: ServeOptions, exc: OSError) -> CLIError:
@@ -217,21 +220,38 @@ GRACE_PERIOD = 5.0
 def run_serve(options: ServeOptions, backend: Backend) -> int:
     """Run ``anydgram serve`` until Ctrl-C or SIGTERM, then print the statistics; exit 0."""
     if options.workers > 1:
+        if options.metrics is not None or options.stats_interval is not None:
+            # Each worker is a process with its own statistics; see docs/cli.md.
+            raise CLIError("--metrics and --stats-interval do not work with --workers yet")
         options = dataclasses.replace(options, port=_check_port(options.hosts, options.port))
     handler = ModeHandler(options.mode, loss=options.loss, delay=options.delay, seed=options.seed)
     server = build_server(options, handler)
     logs = _LogSetup(options.verbose)
+    metrics: MetricsServer | None = None
     try:
         if options.workers > 1:
             return _run_workers(server, options, backend)
+        if options.metrics is not None:
+            metrics = MetricsServer(server, *options.metrics)
 
         async def serve() -> None:
-            async with anyio.create_task_group() as tg:
-                addresses = await start_server(tg, server, options)
-                write_line(listening_line(options, addresses, backend))
+            # The watchers outlive the server's task group, and are cancelled when it ends.
+            async with anyio.create_task_group() as watchers:
+                async with anyio.create_task_group() as tg:
+                    addresses = await start_server(tg, server, options)
+                    write_line(listening_line(options, addresses, backend))
+                    if metrics is not None:
+                        write_line(f"Metrics at {metrics.url}")
+                    if options.stats_interval is not None:
+                        watchers.start_soon(
+                            print_statistics, server.statistics, options.stats_interval, write_line
+                        )
+                watchers.cancel_scope.cancel()
 
         run(backend, serve, on_signal=lambda: server.shutdown(GRACE_PERIOD))
     finally:
+        if metrics is not None:
+            metrics.close()
         logs.close()
     write_line()
     for line in server_statistics_lines(server.statistics()):

@@ -5,8 +5,9 @@ A :class:`Serializer` is anything with ``serialize(packet) -> bytes`` and
 that, for bytes it cannot decode. Give one to :class:`anydgram.DatagramProtocol`.
 
 Formats: :class:`BytesSerializer` (raw bytes, the default), :class:`StringSerializer`,
-:class:`JSONSerializer`, :class:`MessagePackSerializer` and :class:`CBORSerializer` (optional
-extras), :class:`StructSerializer` and :class:`PickleSerializer`. Wrappers that transform
+:class:`JSONSerializer`, :class:`MessagePackSerializer`, :class:`CBORSerializer` and
+:class:`MsgspecSerializer` (typed; optional extras), :class:`StructSerializer` and
+:class:`PickleSerializer`. Wrappers that transform
 another serializer's bytes: :class:`ZlibSerializer`, :class:`Base64Serializer` and
 :class:`HMACSerializer`.
 
@@ -21,6 +22,7 @@ from ._binary import CBORSerializer as CBORSerializer
 from ._binary import MessagePackSerializer as MessagePackSerializer
 from ._hmac import HMACSerializer as HMACSerializer
 from ._json import JSONSerializer as JSONSerializer
+from ._msgspec import MsgspecSerializer as MsgspecSerializer
 from ._pickle import PickleSerializer as PickleSerializer
 from ._raw import BytesSerializer as BytesSerializer
 from ._raw import StringSerializer as StringSerializer
@@ -36,6 +38,7 @@ __all__ = (
     "HMACSerializer",
     "JSONSerializer",
     "MessagePackSerializer",
+    "MsgspecSerializer",
     "PickleSerializer",
     "Serializer",
     "StringSerializer",
