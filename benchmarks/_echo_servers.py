@@ -162,11 +162,28 @@ async def serve_easynetwork(
 # -- anydgram ----------------------------------------------------------------------------------
 
 
+#: ``--protocol msgspec``: the JSON rows' packets decoded into a typed Struct instead.
+_TYPED = False
+
+
 def _protocol(json: bool) -> Any:
     import anydgram
     from anydgram.serializers import BytesSerializer, JSONSerializer
 
-    serializer = JSONSerializer() if json else BytesSerializer()
+    serializer: Any
+    if json and _TYPED:
+        import msgspec
+
+        from anydgram.serializers import MsgspecSerializer
+
+        # The load generator's JSON payload: an array of two strings.
+        class Pair(msgspec.Struct, array_like=True):
+            first: str
+            second: str
+
+        serializer = MsgspecSerializer(Pair)
+    else:
+        serializer = JSONSerializer() if json else BytesSerializer()
     return anydgram.DatagramProtocol(serializer)
 
 
@@ -285,7 +302,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("kind", choices=KINDS)
     parser.add_argument("backend", choices=BACKENDS)
-    parser.add_argument("--protocol", choices=("bytes", "json"), default="bytes")
+    parser.add_argument("--protocol", choices=("bytes", "json", "msgspec"), default="bytes")
     parser.add_argument("--cpu", type=int, default=SERVER_CPU)
     parser.add_argument("--max-seconds", type=float, default=600.0)
     parser.add_argument(
@@ -295,6 +312,8 @@ def main() -> None:
         "(give a short --max-seconds)",
     )
     args = parser.parse_args()
+    global _TYPED
+    _TYPED = args.protocol == "msgspec"
     if args.kind.startswith("raw") != (args.backend == "blocking"):
         parser.error("the raw servers run blocking, and only they")
     pin_to_cpu(args.cpu)
@@ -310,7 +329,7 @@ def main() -> None:
             anyio.run(
                 _run_async,
                 ASYNC_SERVERS[args.kind],
-                args.protocol == "json",
+                args.protocol in ("json", "msgspec"),
                 args.max_seconds,
                 backend="trio" if args.backend == "trio" else "asyncio",
                 backend_options={"use_uvloop": True} if args.backend == "uvloop" else {},

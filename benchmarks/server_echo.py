@@ -77,7 +77,7 @@ class ServerKind:
 
     @property
     def payload(self) -> str:
-        return "json" if self.protocol == "json" else "binary"
+        return "json" if self.protocol in ("json", "msgspec") else "binary"
 
 
 REFERENCE = "raw"
@@ -138,6 +138,16 @@ SERVERS: dict[str, ServerKind] = {
         requires="anydgram.DatagramServer",
         quick=("asyncio",),
         # The loss check and ping-pong exercise the I/O path, which the bytes rows cover.
+        throughput_only=True,
+    ),
+    "anydgram-server-msgspec": ServerKind(
+        "anydgram DatagramServer (JSON, MsgspecSerializer Struct)",
+        "anydgram-server",
+        BACKENDS,
+        "anydgram",
+        protocol="msgspec",
+        requires="msgspec.Struct",
+        quick=("asyncio",),
         throughput_only=True,
     ),
 }
