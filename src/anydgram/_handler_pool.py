@@ -67,8 +67,8 @@ class HandlerPool:
 
     def __init__(
         self,
-        handler: Callable[[Any], Awaitable[None]],
-        parse_error_handler: Callable[[Any], Awaitable[None]] | None,
+        handler: Callable[[Any], Awaitable[Any]],
+        parse_error_handler: Callable[[Any], Awaitable[Any]] | None,
         bound: int,
         intake: Intake,
         replies: Replies,
@@ -110,6 +110,9 @@ class HandlerPool:
         # Room for every handler to block, each in its own task, plus a task per socket
         # that goes on reading.
         self.task_limit = self._bound + len(self.slots)
+        for transport in transports:
+            if transport.reply_batch is not None:
+                transport.reply_batch.on_failed = self._replies.failed
         for slot in self.slots:
             tasks.start_soon(self._task, slot, name=f"anydgram server reader {slot.name}")
 
@@ -202,6 +205,12 @@ class HandlerPool:
         """Account for a task woken (or started) by :meth:`_wake_one`; return a slot to take."""
         self._waking -= 1
         self._standby = False
+        # The standby runs: a holder it was armed for has yielded (perhaps inside a handler),
+        # so what that holder queued goes out now, and the rest of its batch unqueued.
+        for slot in self.slots:
+            transport = slot.transport
+            transport.queueing = False
+            transport.flush_replies_nowait()
         return self._stuck_slot()
 
     def _stuck_slot(self) -> _ReaderSlot | None:
@@ -246,7 +255,14 @@ class HandlerPool:
                     self._replies.ready = 0
                     if not self._standby:
                         self._wake_standby()
-                    await self._run_handlers(slot, scope)
+                    # Replies are queued for one sendmmsg only while a standby is armed: if a
+                    # handler yields, the standby's first act (_woken) sends them.
+                    transport.queueing = self._standby and transport.reply_batch is not None
+                    try:
+                        await self._run_handlers(slot, scope)
+                    finally:
+                        transport.queueing = False
+                    await transport.flush_replies()
                     if slot.holder is not scope:
                         return  # relieved while a handler here was blocked
                     slot.reading = True
@@ -356,9 +372,11 @@ class HandlerPool:
                 self.peak = active
             try:
                 if hook is not None and request.__class__ is ParseErrorRequest:
-                    await hook(request)
+                    reply = await hook(request)
                 else:
-                    await handler(request)
+                    reply = await handler(request)
+                if reply is not None:  # a handler may return its reply
+                    await request.respond(reply)
             except Exception as exc:
                 self._handler_failed(exc, request)
             except cancelled_class:

@@ -298,7 +298,7 @@ class SocketCore:
         if not self.drain_error_queue(tally):
             tally.icmp_errors += 1
 
-    def _send_failed(self, exc: OSError, size: int, tally: Tally, *, retried: bool) -> None:
+    def send_failed(self, exc: OSError, size: int, tally: Tally, *, retried: bool) -> None:
         """Count a send error; return if one more attempt is worth it, else raise it."""
         if self.closed or exc.errno == errno.EBADF:
             raise anyio.ClosedResourceError from None
@@ -341,7 +341,7 @@ class SocketCore:
             except BlockingIOError:
                 return False
             except OSError as exc:
-                self._send_failed(exc, len(data), tally, retried=retried)
+                self.send_failed(exc, len(data), tally, retried=retried)
                 retried = True
                 continue
             tally.datagrams_sent += 1

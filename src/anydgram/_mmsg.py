@@ -24,7 +24,18 @@ import anyio
 from ._io_core import MAX_BATCH, Received, RecvFrom, SocketCore, Tally
 from ._pktinfo import RecvPktinfo
 
-__all__ = ("MmsgReceiver", "RecvMmsg", "available", "enabled_by_environment", "server_strategy")
+__all__ = (
+    "SOCKADDR_IN6_SIZE",
+    "SOCKADDR_IN_SIZE",
+    "IoVec",
+    "MMsgHdr",
+    "MmsgReceiver",
+    "RecvMmsg",
+    "available",
+    "enabled_by_environment",
+    "libc_function",
+    "server_strategy",
+)
 
 _IS_LINUX: Final = sys.platform.startswith("linux")
 
@@ -37,8 +48,8 @@ _MSG_DONTWAIT: Final = 0x40
 
 #: sizeof(struct sockaddr_storage): room for any address the kernel may write.
 _SOCKADDR_SIZE: Final = 128
-_SOCKADDR_IN_SIZE: Final = 16
-_SOCKADDR_IN6_SIZE: Final = 28
+SOCKADDR_IN_SIZE: Final = 16
+SOCKADDR_IN6_SIZE: Final = 28
 
 #: Decoded sender addresses remembered per receiver. Peers of a server are few or many; a full
 #: cache is cleared rather than managed, so a flood of distinct senders costs one decode each
@@ -46,7 +57,7 @@ _SOCKADDR_IN6_SIZE: Final = 28
 _ADDRESS_CACHE_SIZE: Final = 1024
 
 
-class _IoVec(ctypes.Structure):
+class IoVec(ctypes.Structure):
     _fields_ = (("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t))
 
 
@@ -62,28 +73,28 @@ class _MsgHdr(ctypes.Structure):
     )
 
 
-class _MMsgHdr(ctypes.Structure):
+class MMsgHdr(ctypes.Structure):
     _fields_ = (("msg_hdr", _MsgHdr), ("msg_len", ctypes.c_uint))
 
 
-def _load_recvmmsg() -> Any:
-    """Look up libc's ``recvmmsg``; ``None`` where it cannot be had."""
+def libc_function(name: str) -> Any:
+    """Look up libc's ``name`` (its ``errno`` kept for :func:`ctypes.get_errno`), or ``None``."""
     if not _IS_LINUX:
         return None
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        recvmmsg = libc.recvmmsg
+        function = getattr(libc, name)
     except (OSError, AttributeError):
         return None
-    # No argtypes: converting five arguments through them costs as much as the system call
-    # itself. Every call passes C-int-sized Python ints and a ``c_void_p``, which ctypes
-    # converts exactly as the prototype ``int recvmmsg(int, struct mmsghdr *, unsigned int,
-    # int, struct timespec *)`` needs.
-    recvmmsg.restype = ctypes.c_int
-    return recvmmsg
+    # No argtypes: converting the arguments through them costs as much as the system call
+    # itself. Every call passes C-int-sized Python ints and ``c_void_p`` pointers, which
+    # ctypes converts exactly as ``int recvmmsg(int, struct mmsghdr *, unsigned int, int,
+    # struct timespec *)`` and ``int sendmmsg(int, struct mmsghdr *, unsigned int, int)`` need.
+    function.restype = ctypes.c_int
+    return function
 
 
-_RECVMMSG: Final[Any] = _load_recvmmsg()
+_RECVMMSG: Final[Any] = libc_function("recvmmsg")
 
 
 def available() -> bool:
@@ -102,9 +113,9 @@ def decode_sockaddr_untrusted(raw: bytes) -> Any:
     """
     family = int.from_bytes(raw[0:2], sys.byteorder)
     port = int.from_bytes(raw[2:4], "big")
-    if family == socket.AF_INET and len(raw) >= _SOCKADDR_IN_SIZE:
+    if family == socket.AF_INET and len(raw) >= SOCKADDR_IN_SIZE:
         return (socket.inet_ntop(socket.AF_INET, raw[4:8]), port)
-    if family == socket.AF_INET6 and len(raw) >= _SOCKADDR_IN6_SIZE:
+    if family == socket.AF_INET6 and len(raw) >= SOCKADDR_IN6_SIZE:
         return (
             socket.inet_ntop(socket.AF_INET6, raw[8:24]),
             port,
@@ -153,9 +164,9 @@ class MmsgReceiver:
 
     def __init__(self, capacity: int, bufsize: int, family: int) -> None:
         if family == socket.AF_INET:
-            self._namelen = _SOCKADDR_IN_SIZE
+            self._namelen = SOCKADDR_IN_SIZE
         elif family == socket.AF_INET6:
-            self._namelen = _SOCKADDR_IN6_SIZE
+            self._namelen = SOCKADDR_IN6_SIZE
         else:
             raise ValueError(f"only AF_INET and AF_INET6 senders are decoded, not {family!r}")
         if capacity < 1:
@@ -168,8 +179,8 @@ class MmsgReceiver:
         # slots at the default limit (4 MiB) cost little more than the datagrams that arrive.
         self._buffer_map = mmap.mmap(-1, capacity * bufsize)
         self._buffer = (ctypes.c_char * (capacity * bufsize)).from_buffer(self._buffer_map)
-        self._iovecs = (_IoVec * capacity)()
-        self._messages = (_MMsgHdr * capacity)()
+        self._iovecs = (IoVec * capacity)()
+        self._messages = (MMsgHdr * capacity)()
         self._messages_pointer = ctypes.c_void_p(ctypes.addressof(self._messages))
         self._names = (ctypes.c_char * (capacity * _SOCKADDR_SIZE))()
         base = ctypes.addressof(self._buffer)
@@ -182,13 +193,13 @@ class MmsgReceiver:
             header = self._messages[i].msg_hdr
             header.msg_name = names + i * _SOCKADDR_SIZE
             header.msg_namelen = _SOCKADDR_SIZE
-            header.msg_iov = iovecs + i * ctypes.sizeof(_IoVec)
+            header.msg_iov = iovecs + i * ctypes.sizeof(IoVec)
             header.msg_iovlen = 1
         # A strided view of every message's ``msg_len``: a whole batch's lengths are read in
         # one C-level operation.
-        words = ctypes.sizeof(_MMsgHdr) // 4
+        words = ctypes.sizeof(MMsgHdr) // 4
         as_words = memoryview(self._messages).cast("B").cast("I")
-        self._lengths_view = as_words[_MMsgHdr.msg_len.offset // 4 :: words]
+        self._lengths_view = as_words[MMsgHdr.msg_len.offset // 4 :: words]
         self._data_view = memoryview(self._buffer).cast("B")
         self._names_view = memoryview(self._names).cast("B")
         self._addresses: dict[bytes, Any] = {}

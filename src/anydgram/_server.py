@@ -50,11 +50,13 @@ __all__ = ("DatagramRequest", "DatagramServer", "Handler", "ParseErrorHandler")
 _RECV_ERROR_BACKOFF: Final = 0.05
 
 
-#: ``async def handler(request: DatagramRequest[SendT, RecvT]) -> None``
-Handler: TypeAlias = Callable[[DatagramRequest[SendT, RecvT]], Awaitable[None]]
-#: ``async def on_parse_error(request: DatagramRequest[SendT, DatagramProtocolParseError])``
+#: ``async def handler(request: DatagramRequest[SendT, RecvT]) -> SendT | None``: a packet it
+#: returns is sent as ``request.respond(packet)`` sends it; ``None`` sends nothing.
+Handler: TypeAlias = Callable[[DatagramRequest[SendT, RecvT]], Awaitable[SendT | None]]
+#: ``async def on_parse_error(request: DatagramRequest[SendT, DatagramProtocolParseError])``,
+#: returning a reply or ``None`` as a handler does.
 ParseErrorHandler: TypeAlias = Callable[
-    [DatagramRequest[SendT, DatagramProtocolParseError]], Awaitable[None]
+    [DatagramRequest[SendT, DatagramProtocolParseError]], Awaitable[SendT | None]
 ]
 
 
@@ -76,9 +78,11 @@ class DatagramServer(Generic[SendT, RecvT]):
             ``IPV6_V6ONLY``: IPv4 clients are served by an IPv4 socket.
         port: The port; 0 lets the kernel pick one, the same on every address (see
             :attr:`addresses`).
-        handler: ``async def handler(request)``, called once per datagram. What it raises is
-            logged (with the sender's address) and counted in ``handler_errors``; the server
-            goes on.
+        handler: ``async def handler(request)``, called once per datagram. A packet it
+            returns is the reply, sent as ``request.respond(packet)`` sends it (``None``, the
+            default, sends nothing; ``respond()`` may also be called, any number of times).
+            What it raises is logged (with the sender's address) and counted in
+            ``handler_errors``; the server goes on.
         protocol: Packets to datagrams and back; raw :class:`bytes` when omitted.
         max_concurrent_handlers: How many handlers may run at once.
         reuse_port: Set ``SO_REUSEPORT``, so several servers (processes) can share the port.

@@ -51,7 +51,7 @@ class Replies:
         self.ready: int = 0
         self.checkpoint: Callable[[], Awaitable[None]] = anyio.lowlevel.checkpoint
 
-    def failed(self, exc: OSError, address: Any) -> None:
+    def failed(self, exc: Exception, address: Any) -> None:
         """Log a reply the kernel refused (it is counted by the socket already)."""
         self.log.log(
             "send",
@@ -109,6 +109,14 @@ class DatagramRequest(Generic[SendT, RecvT]):
         statistics and logged, not raised: a reply is best effort, like UDP itself. A
         cancellation leaves the reply sent whole or not at all.
 
+        When the datagram leaves: at once, except on Linux sockets that receive in batches
+        (``recvmmsg``, a server bound to a specific address), where a reply given while the
+        server's reading task runs a batch's handlers is copied into the socket's send batch
+        and the whole batch leaves with one ``sendmmsg`` before that task next waits, reads
+        or yields, at the latest when the socket closes. It is counted in ``datagrams_sent``
+        then, and a send error for it is counted and logged then too.
+        ``ANYDGRAM_BATCHED_SYSCALLS=0`` sends every reply at once.
+
         With the server's ``amplification_factor`` set, a reply that would take the bytes
         sent to this source past the cap (and the source is not validated, see
         :meth:`validate_peer`) is not sent: it is counted in ``amplification_dropped`` and
@@ -133,11 +141,14 @@ class DatagramRequest(Generic[SendT, RecvT]):
             return
         # The server's fairness rule for replies (a full checkpoint every few, before the
         # send), then a send that waits only if the kernel's buffer is full.
+        transport = self._transport
         replies.ready += 1
         if replies.ready >= SEND_FAIRNESS_INTERVAL:
             replies.ready = 0
+            await transport.flush_replies()  # nothing queued waits across a yield
             await replies.checkpoint()
-        transport = self._transport
+        elif transport.queueing and transport.queue_reply(data, self.address):
+            return  # copied into the socket's batch, sent (and counted) before it yields
         try:
             if not transport.send_nowait(data, self.address, self._source):
                 await transport.send(data, self.address, self._source)

@@ -17,7 +17,9 @@ import anyio
 
 from ._address import format_address
 from ._io_core import set_recverr
-from ._mmsg import server_strategy
+from ._mmsg import RecvMmsg, server_strategy
+from ._mmsg_send import ReplyBatch
+from ._mmsg_send import available as batched_replies_available
 from ._open_endpoint import apply_buffer_sizes, check_host, check_port
 from ._pktinfo import enable_pktinfo
 from ._socket_io import SocketIO
@@ -108,14 +110,15 @@ def _open_one(
         sock.bind(sockaddr)
         set_recverr(sock)
         pktinfo = _is_wildcard(family, sockaddr) and enable_pktinfo(sock)
-        return SocketIO(
-            sock,
-            max_datagram_size=max_datagram_size,
-            strategy=server_strategy(sock, pktinfo=pktinfo),
-        )
+        strategy = server_strategy(sock, pktinfo=pktinfo)
+        io = SocketIO(sock, max_datagram_size=max_datagram_size, strategy=strategy)
+        if strategy is RecvMmsg and batched_replies_available():
+            # Where a read batch comes in with one call, its replies leave with one too.
+            io.reply_batch = ReplyBatch(io.core, io)
     except BaseException:
         sock.close()
         raise
+    return io
 
 
 def open_server_sockets(

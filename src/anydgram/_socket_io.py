@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import socket
 from collections.abc import Awaitable, Callable
-from typing import Any, Final, Protocol, overload
+from typing import TYPE_CHECKING, Any, Final, Protocol, overload
 
 import anyio
 import anyio.lowlevel
@@ -28,6 +28,9 @@ from ._io_core import (
     Tally,
     normalize_address,
 )
+
+if TYPE_CHECKING:
+    from ._mmsg_send import ReplyBatch
 
 __all__ = (
     "FAIRNESS_INTERVAL",
@@ -193,6 +196,8 @@ class SocketIO(Tally):
         "_wait_readable",
         "_wait_writable",
         "_waits",
+        "queueing",
+        "reply_batch",
         "send_nowait",
         "sock",
     )
@@ -225,11 +230,21 @@ class SocketIO(Tally):
         self._wait_writable: Callable[[], Awaitable[None]] | None = None
         self._recv_waiter = _FdWaiter()
         self._send_waiter = _FdWaiter()
+        #: Replies queued for one ``sendmmsg`` (server sockets that have one; see
+        #: ``_mmsg_send.py``), and whether :meth:`queue_reply` may queue right now (the
+        #: handler pool turns it on while the reading task runs a batch's handlers).
+        self.reply_batch: ReplyBatch | None = None
+        self.queueing = False
 
     def __repr__(self) -> str:
         return f"<SocketIO {self.sock!r}>"
 
     # -- state -----------------------------------------------------------------------------
+
+    @property
+    def core(self) -> SocketCore:
+        """The socket's core (its system calls)."""
+        return self._core
 
     @property
     def closed(self) -> bool:
@@ -393,6 +408,31 @@ class SocketIO(Tally):
             if self.send_nowait(data, address, source):
                 return
 
+    def queue_reply(self, data: bytes, address: Any) -> bool:
+        """Queue a reply for the next flush, if :attr:`queueing`; ``False``: send it now."""
+        batch = self.reply_batch
+        return self.queueing and batch is not None and batch.put(data, address)
+
+    def flush_replies_nowait(self) -> bool:
+        """Send the queued replies the kernel takes now; ``False`` if its buffer filled."""
+        batch = self.reply_batch
+        return batch is None or batch.count == 0 or batch.flush()
+
+    async def flush_replies(self) -> None:
+        """Send every queued reply, waiting while the kernel's send buffer is full."""
+        batch = self.reply_batch
+        if batch is None or batch.count == 0:
+            return
+        while not batch.flush():
+            await self.wait_writable()
+
+    def _flush_before_close(self) -> None:
+        batch = self.reply_batch
+        if batch is not None and batch.count:
+            self.queueing = False
+            if not batch.flush():
+                self.send_errors += batch.discard()  # the kernel's buffer stayed full
+
     async def wait_writable(self) -> None:
         """Wait until the socket's send buffer has room (``ClosedResourceError`` if closed)."""
         self._ready_ops = 0
@@ -407,6 +447,7 @@ class SocketIO(Tally):
     def close_now(self) -> None:
         """Close the socket without waking waiters (for use outside a running event loop)."""
         if not self._core.closed:
+            self._flush_before_close()
             self._core.release(self)
 
     async def aclose(self) -> None:
@@ -415,6 +456,7 @@ class SocketIO(Tally):
         When this returns the socket is closed, so its port or path can be bound again.
         """
         if not self._core.closed:
+            self._flush_before_close()
             self._core.closed = True
             try:
                 if self._waits is not None:

@@ -1,0 +1,240 @@
+"""Batched replies on Linux: ``sendmmsg`` through :mod:`ctypes`, a send strategy of the core.
+
+A server socket that receives with ``recvmmsg`` answers a whole read batch with one
+``sendmmsg``: while its reading task runs the batch's handlers, each reply that can leave
+without waiting is copied into a preallocated slot (payload, the peer's ``sockaddr``, its
+length), and :meth:`ReplyBatch.flush` hands every slot to the kernel at once. The handler pool
+decides when replies may be queued and flushes before its task waits, reads, parks or yields
+(see ``_handler_pool.py``); the socket flushes before it closes.
+
+Counters change at the flush, as the kernel takes each datagram: ``datagrams_sent`` and
+``bytes_sent`` for those it took, ``send_errors`` or ``icmp_errors`` for those it refused, the
+same errors the one-by-one path counts, translated by :meth:`SocketCore.send_failed`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import mmap
+import os
+import socket
+import sys
+from collections.abc import Callable
+from typing import Any, Final
+
+import anyio
+
+from ._io_core import MAX_BATCH, SocketCore, Tally
+from ._mmsg import SOCKADDR_IN6_SIZE, SOCKADDR_IN_SIZE, IoVec, MMsgHdr, libc_function
+
+__all__ = ("ReplyBatch", "available")
+
+_SENDMMSG: Final[Any] = libc_function("sendmmsg")
+
+#: Encoded peer addresses remembered per socket; a full cache is cleared, as the receiver's.
+_NAME_CACHE_SIZE: Final = 1024
+
+
+def available() -> bool:
+    """Whether libc has ``sendmmsg`` here (Linux)."""
+    return _SENDMMSG is not None
+
+
+def encode_sockaddr(family: int, address: Any) -> bytes | None:
+    """The ``sockaddr_in``/``sockaddr_in6`` bytes for ``address``; ``None`` if it is not one."""
+    try:
+        if family == socket.AF_INET:
+            host, port = address
+            raw: bytes = (
+                socket.AF_INET.to_bytes(2, sys.byteorder)
+                + port.to_bytes(2, "big")
+                + socket.inet_pton(socket.AF_INET, host)
+            )
+            return raw + bytes(SOCKADDR_IN_SIZE - len(raw))
+        if family == socket.AF_INET6:
+            host, port, flowinfo, scope_id = address
+            raw6: bytes = (
+                socket.AF_INET6.to_bytes(2, sys.byteorder)
+                + port.to_bytes(2, "big")
+                + flowinfo.to_bytes(4, "big")
+                # recvfrom gives a link-local host as "fe80::1%eth0"; the scope is scope_id.
+                + socket.inet_pton(socket.AF_INET6, host.partition("%")[0])
+                + scope_id.to_bytes(4, sys.byteorder)
+            )
+            return raw6
+    except (TypeError, ValueError, OSError, OverflowError, AttributeError):
+        return None
+    return None
+
+
+class ReplyBatch:
+    """Up to ``capacity`` replies of one socket, queued in ``sendmmsg`` slots until a flush.
+
+    Args:
+        core: The socket (IPv4 or IPv6 UDP, unconnected).
+        tally: The counters the flush updates (the socket's).
+        capacity: Slots; a full batch is flushed before the next reply is queued.
+
+    Attributes:
+        on_failed: ``(error, peer)``, called for a queued reply the kernel refused (the
+            server logs it); the error is counted already.
+    """
+
+    __slots__ = (
+        "_core",
+        "_data",
+        "_data_map",
+        "_iov_lengths",
+        "_iovecs",
+        "_messages",
+        "_name_cache",
+        "_name_offsets",
+        "_namelen",
+        "_names",
+        "_names_view",
+        "_offsets",
+        "_peers",
+        "_pointers",
+        "_slot_size",
+        "_tally",
+        "blocked",
+        "capacity",
+        "count",
+        "on_failed",
+        "start",
+    )
+
+    def __init__(self, core: SocketCore, tally: Tally, capacity: int = MAX_BATCH) -> None:
+        if core.family not in (socket.AF_INET, socket.AF_INET6) or core.connected:
+            raise ValueError("batched replies are for unconnected IP sockets")
+        self._core = core
+        self._tally = tally
+        self.capacity = capacity
+        self._namelen = SOCKADDR_IN_SIZE if core.family == socket.AF_INET else SOCKADDR_IN6_SIZE
+        self._slot_size = slot = max(core.max_datagram_size, 1)
+        # Anonymous mmap memory: pages are allocated only as replies reach them.
+        self._data_map = mmap.mmap(-1, capacity * slot)
+        buffer = (ctypes.c_char * (capacity * slot)).from_buffer(self._data_map)
+        self._names = (ctypes.c_char * (capacity * self._namelen))()
+        self._iovecs = (IoVec * capacity)()
+        self._messages = (MMsgHdr * capacity)()
+        base, names = ctypes.addressof(buffer), ctypes.addressof(self._names)
+        for i in range(capacity):
+            self._iovecs[i].iov_base = base + i * slot
+            header = self._messages[i].msg_hdr
+            header.msg_name = names + i * self._namelen
+            header.msg_namelen = self._namelen
+            header.msg_iov = ctypes.addressof(self._iovecs) + i * ctypes.sizeof(IoVec)
+            header.msg_iovlen = 1
+        start = ctypes.addressof(self._messages)
+        size = ctypes.sizeof(MMsgHdr)
+        self._pointers = [ctypes.c_void_p(start + i * size) for i in range(capacity)]
+        # Each iovec is (iov_base, iov_len), two size_t (unsigned long on Linux): every second
+        # one is a length.
+        self._iov_lengths = memoryview(self._iovecs).cast("B").cast("L")[1::2]
+        self._data = memoryview(buffer).cast("B")
+        self._names_view = memoryview(self._names).cast("B")
+        self._offsets = list(range(0, capacity * slot, slot))
+        self._name_offsets = list(range(0, capacity * self._namelen, self._namelen))
+        self._peers: list[Any] = [None] * capacity
+        self._name_cache: dict[Any, bytes] = {}
+        self.count = 0  # slots filled
+        self.start = 0  # slots already sent, after a flush that found the buffer full
+        self.blocked = False  # the last flush found the kernel's send buffer full
+        self.on_failed: Callable[[Exception, Any], None] | None = None
+
+    def put(self, data: bytes, address: Any) -> bool:
+        """Queue ``data`` for ``address``; ``False`` if it must be sent the ordinary way.
+
+        That is while the kernel's buffer is full, for an address that is not an IP peer of
+        this socket, or for a datagram longer than a slot.
+        """
+        if self.blocked:
+            return False
+        i = self.count
+        if i >= self.capacity:
+            if not self.flush():
+                return False
+            i = 0
+        n = len(data)
+        if n > self._slot_size:
+            return False
+        raw = self._name_cache.get(address)
+        if raw is None:
+            raw = encode_sockaddr(self._core.family, address)
+            if raw is None:
+                return False
+            if len(self._name_cache) >= _NAME_CACHE_SIZE:
+                self._name_cache.clear()
+            self._name_cache[address] = raw
+        offset = self._offsets[i]
+        self._data[offset : offset + n] = data
+        offset = self._name_offsets[i]
+        self._names_view[offset : offset + self._namelen] = raw
+        self._iov_lengths[i] = n
+        self._peers[i] = address
+        self.count = i + 1
+        return True
+
+    def flush(self) -> bool:
+        """Hand the queued replies to the kernel; ``False`` if its buffer filled first.
+
+        What the kernel took is counted and forgotten; on ``False`` the rest stay queued for
+        the next flush. A reply the kernel refuses is counted, reported to ``on_failed`` and
+        skipped: the ones after it still go.
+        """
+        count = self.count
+        start = self.start
+        if start >= count:
+            self.count = self.start = 0
+            self.blocked = False
+            return True
+        core = self._core
+        if core.closed:
+            self.discard()
+            return True
+        tally = self._tally
+        lengths = self._iov_lengths
+        fd = core.sock.fileno()
+        retried = -1
+        while start < count:
+            sent: int = _SENDMMSG(fd, self._pointers[start], count - start, 0)
+            if sent > 0:
+                tally.datagrams_sent += sent
+                tally.bytes_sent += sum(lengths[start : start + sent])
+                start += sent
+                continue
+            err = ctypes.get_errno() if sent < 0 else errno.EAGAIN
+            if err == errno.EINTR:
+                continue
+            if err in (errno.EAGAIN, errno.EWOULDBLOCK):
+                self.start = start
+                self.blocked = True
+                return False
+            # The datagram at ``start`` was refused: the one translation of send errors says
+            # whether to try it once more (a stale ICMP error) or to count it and go on.
+            try:
+                core.send_failed(
+                    OSError(err, os.strerror(err)), lengths[start], tally, retried=retried == start
+                )
+            except anyio.ClosedResourceError:
+                self.discard()
+                return True
+            except (OSError, ValueError) as exc:  # ValueError: DatagramTooLargeError
+                callback = self.on_failed
+                if callback is not None:
+                    callback(exc, self._peers[start])
+                start += 1
+                continue
+            retried = start
+        self.count = self.start = 0
+        self.blocked = False
+        return True
+
+    def discard(self) -> int:
+        """Forget the queued replies (the socket is gone); how many there were."""
+        dropped = self.count - self.start
+        self.count = self.start = 0
+        self.blocked = False
+        return dropped
