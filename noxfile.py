@@ -61,8 +61,9 @@ def bench(session: nox.Session) -> None:
 
     About 7 minutes on a 2-core machine; ``nox -s bench -- --quick`` is a short smoke run
     (under a minute), and ``-- --update-docs`` also refreshes docs/benchmarks.md and its chart.
-    The peers it compares with (trio, uvloop, orjson, msgpack, cbor2, EasyNetwork) and
-    matplotlib come from the ``bench`` extra; the library itself never needs them.
+    The peers it compares with (trio, uvloop, orjson, msgpack, cbor2, msgspec, EasyNetwork),
+    prometheus_client (for the scraped server row) and matplotlib come from the ``bench``
+    extra; the library itself never needs them.
     """
     # No byte-compiling at install: numpy and matplotlib would take half of a quick run's
     # minute. run_all.py compiles what the measured processes import.

@@ -217,7 +217,18 @@ def server_process(
 
 
 #: Packages whose versions the results depend on: anydgram, its backends and the peers.
-_VERSIONED = ("anydgram", "anyio", "trio", "uvloop", "orjson", "msgpack", "cbor2", "easynetwork")
+_VERSIONED = (
+    "anydgram",
+    "anyio",
+    "trio",
+    "uvloop",
+    "orjson",
+    "msgpack",
+    "cbor2",
+    "msgspec",
+    "prometheus_client",
+    "easynetwork",
+)
 
 
 def cpu_model() -> str:

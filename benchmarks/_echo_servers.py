@@ -1,6 +1,7 @@
 """UDP echo servers on 127.0.0.1, one per way of writing one, for ``server_echo.py``.
 
-Run one per process: ``python _echo_servers.py KIND BACKEND [--protocol json]``. It pins
+Run one per process: ``python _echo_servers.py KIND BACKEND [--protocol json]
+[--metrics-port PORT]``. It pins
 itself to a CPU, binds an ephemeral port on 127.0.0.1 with a 1 MiB receive buffer, prints the
 port on stdout, then echoes every datagram back to its sender until it is terminated (the
 driver does so by its PID), outlives ``--max-seconds``, or loses its parent.
@@ -164,6 +165,9 @@ async def serve_easynetwork(
 
 #: ``--protocol msgspec``: the JSON rows' packets decoded into a typed Struct instead.
 _TYPED = False
+#: ``--metrics-port``: the anydgram server registers itself with ``anydgram.metrics`` and
+#: prometheus_client serves ``/metrics`` on this TCP port of 127.0.0.1 (``None``: no metrics).
+_METRICS_PORT: int | None = None
 
 
 def _protocol(json: bool) -> Any:
@@ -214,6 +218,15 @@ async def serve_anydgram_server(
     server = anydgram.DatagramServer(
         LOOPBACK, 0, handler, protocol=_protocol(json), recv_buffer_size=RECV_BUFFER
     )
+    if _METRICS_PORT is not None:
+        # As docs/operating.md shows it: the default registry (with prometheus_client's process
+        # and GC collectors) served by its HTTP server thread.
+        import prometheus_client
+
+        import anydgram.metrics
+
+        anydgram.metrics.register(server, name="bench")
+        prometheus_client.start_http_server(_METRICS_PORT, addr=LOOPBACK)
     async with anyio.create_task_group() as tg:
         addresses = await tg.start(server.serve_forever)
         task_status.started(addresses[0][1])
@@ -303,6 +316,11 @@ def main() -> None:
     parser.add_argument("kind", choices=KINDS)
     parser.add_argument("backend", choices=BACKENDS)
     parser.add_argument("--protocol", choices=("bytes", "json", "msgspec"), default="bytes")
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        help="anydgram-server only: serve /metrics on this TCP port of 127.0.0.1",
+    )
     parser.add_argument("--cpu", type=int, default=SERVER_CPU)
     parser.add_argument("--max-seconds", type=float, default=600.0)
     parser.add_argument(
@@ -312,10 +330,13 @@ def main() -> None:
         "(give a short --max-seconds)",
     )
     args = parser.parse_args()
-    global _TYPED
+    global _TYPED, _METRICS_PORT
     _TYPED = args.protocol == "msgspec"
+    _METRICS_PORT = args.metrics_port
     if args.kind.startswith("raw") != (args.backend == "blocking"):
         parser.error("the raw servers run blocking, and only they")
+    if args.metrics_port is not None and args.kind != "anydgram-server":
+        parser.error("--metrics-port is for the anydgram-server kind")
     pin_to_cpu(args.cpu)
     profiler = cProfile.Profile() if args.profile else None
     try:

@@ -112,6 +112,8 @@ CHILD_IMPORTS = (
     "uvloop",
     "msgpack",
     "cbor2",
+    "msgspec",
+    "prometheus_client",
     "easynetwork",
 )
 

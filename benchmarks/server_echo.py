@@ -21,6 +21,7 @@ import argparse
 import importlib
 import math
 import os
+import socket
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -41,6 +42,7 @@ from _common import (
     write_json,
 )
 from _loadgen import mmsg_available
+from _scraper import SCRAPE_INTERVAL, Scraper
 
 _HERE = Path(__file__).parent
 _LOADGEN = _HERE / "_loadgen.py"
@@ -74,6 +76,8 @@ class ServerKind:
     quick: tuple[str, ...] = ()
     #: Only the throughput loads, whatever the group (a variant of a row that takes them all).
     throughput_only: bool = False
+    #: The server serves /metrics and a scraper GETs it every 100 ms during each load.
+    scraped: bool = False
 
     @property
     def payload(self) -> str:
@@ -150,7 +154,20 @@ SERVERS: dict[str, ServerKind] = {
         quick=("asyncio",),
         throughput_only=True,
     ),
+    # The bytes row again, registered with anydgram.metrics and scraped (see _scraper.py).
+    "anydgram-server-scraped": ServerKind(
+        "anydgram DatagramServer (bytes, /metrics scraped every 100 ms)",
+        "anydgram-server",
+        BACKENDS,
+        "anydgram",
+        requires="prometheus_client.start_http_server",
+        quick=("asyncio",),
+        throughput_only=True,
+        scraped=True,
+    ),
 }
+#: The row a scraped row is set against: the same server, not scraped.
+PLAIN = "anydgram-server"
 
 
 @dataclass(frozen=True)
@@ -265,6 +282,11 @@ def measure_row(row: Row, plan: Plan) -> dict[str, dict[str, Any]]:
     server_seconds = len(loads) * (plan.measurement_budget() + 5) + 30
     argv = [str(_SERVERS), kind.server, row.backend, f"--protocol={kind.protocol}"]
     argv += [f"--cpu={SERVER_CPU}", f"--max-seconds={server_seconds:.0f}"]
+    metrics_url = None
+    if kind.scraped:
+        metrics_port = free_tcp_port()
+        argv.append(f"--metrics-port={metrics_port}")
+        metrics_url = f"http://{LOOPBACK}:{metrics_port}/metrics"
     results: dict[str, dict[str, Any]] = {}
     try:
         with server_process(argv) as (proc, port):
@@ -272,12 +294,27 @@ def measure_row(row: Row, plan: Plan) -> dict[str, dict[str, Any]]:
                 if proc.poll() is not None:
                     results[load.key] = {"error": f"the server exited ({proc.returncode})"}
                     continue
-                results[load.key] = measure_load(load, kind, proc.pid, port, plan)
+                if metrics_url is None:
+                    results[load.key] = measure_load(load, kind, proc.pid, port, plan)
+                    continue
+                # Scraped from before the load generator starts until it has ended, so every
+                # measured second has its ten scrapes.
+                with Scraper(metrics_url) as scraper:
+                    results[load.key] = measure_load(load, kind, proc.pid, port, plan)
+                results[load.key].update(scraper.result())
     except RuntimeError as exc:
         print(f"  failed: {exc}", file=sys.stderr)
         for load in loads:
             results.setdefault(load.key, {"error": str(exc)})
     return results
+
+
+def free_tcp_port() -> int:
+    """A TCP port free on 127.0.0.1 now (the kernel's choice), for the server's /metrics."""
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def measure_load(load: Load, kind: ServerKind, pid: int, port: int, plan: Plan) -> dict[str, Any]:
@@ -384,6 +421,74 @@ def render_load(results: Results, load: Load) -> str:
             ]
         )
     return "\n".join([f"#### {load} ({load.purpose})", "", markdown_table(headers, lines)])
+
+
+def render_scraping(results: Results, plan: Plan) -> str | None:
+    """The scraped rows against the same server unscraped: what serving /metrics costs."""
+    lines = []
+    for row in results:
+        plain = Row(PLAIN, row.backend)
+        if not SERVERS[row.kind].scraped or plain not in results:
+            continue
+        for load in plan.loads_for(SERVERS[row.kind]):
+            rounds = _load_rounds(results, row, load)
+            base = _load_rounds(results, plain, load)
+            if rounds is None or base is None:
+                continue
+            cpu = _metric(rounds, "server_cpu_us_per_datagram")
+            base_cpu = _metric(base, "server_cpu_us_per_datagram")
+            scrapes = _metric(rounds, "scrapes")
+            rates = [
+                n / s if s else math.nan
+                for n, s in zip(scrapes, _metric(rounds, "scrape_seconds"), strict=True)
+            ]
+            last = Summary.of(_metric(rounds, "scraped_datagrams_received")).median
+            lines.append(
+                [
+                    row.backend,
+                    str(load),
+                    Summary.of(base_cpu).format(".2f"),
+                    Summary.of(cpu).format(".2f"),
+                    Summary.of(paired_ratios(cpu, base_cpu)).format(".3f", "x"),
+                    Summary.of(
+                        paired_ratios(_metric(rounds, "rate"), _metric(base, "rate"))
+                    ).format(".3f", "x"),
+                    f"{_count(rounds, 'scrapes')} ({Summary.of(scrapes).median:.0f})",
+                    f"{Summary.of(rates).median:.1f}",
+                    _count(rounds, "scrape_failures"),
+                    "-" if math.isnan(last) else f"{last:.0f}",
+                ]
+            )
+    if not lines:
+        return None
+    headers = [
+        "backend",
+        "load",
+        "plain CPU us/dgram",
+        "scraped CPU us/dgram",
+        "CPU x plain",
+        "replies/s x plain",
+        "scrapes (per load)",
+        "scrapes/s",
+        "failed scrapes",
+        "received (last scrape)",
+    ]
+    return "\n".join(
+        [
+            "#### Scraping /metrics under load",
+            "",
+            "The bytes `DatagramServer` registered with `anydgram.metrics` in prometheus_client's "
+            "default registry (its process and GC collectors included), which prometheus_client's "
+            "HTTP thread serves on 127.0.0.1, while a scraper on the load generator's CPU GETs "
+            f"`/metrics` every {SCRAPE_INTERVAL * 1000:.0f} ms from before each load generator "
+            "starts until it ends. `CPU x plain` and `replies/s x plain` are per-round ratios "
+            "against the unscraped bytes row of the same round and backend; `scrapes` counts the "
+            "scrapes that returned `anydgram_datagrams_received_total` (the total over the rounds, "
+            "and the median per load run), whose last value is in the last column.",
+            "",
+            markdown_table(headers, lines),
+        ]
+    )
 
 
 #: The peers DESIGN.md compares the anydgram server with, on the same backend: (server kind,
@@ -498,6 +603,9 @@ def render(results: Results, plan: Plan, skipped: Sequence[str]) -> str:
         out += ["", f"Skipped: {note}"]
     for key in plan.loads:
         out += ["", render_load(results, LOADS[key])]
+    scraping = render_scraping(results, plan)
+    if scraping:
+        out += ["", scraping]
     contract = render_contract(results, plan)
     if contract:
         out += ["", contract]

@@ -10,6 +10,7 @@ import errno
 import math
 import os
 import re
+import select
 import shutil
 import signal
 import socket
@@ -379,3 +380,31 @@ def check_ping_output(text: str, *, target: str) -> PingOutput:
         transmitted=transmitted,
         received=received,
     )
+
+
+class LineReader:
+    """Lines of a child's stdout pipe as they come, each wait bounded.
+
+    Reads the pipe unbuffered: a buffered reader can hold a line ``select()`` no longer sees.
+    """
+
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        assert process.stdout is not None
+        self._fd = process.stdout.fileno()
+        self._pending = b""
+        self.seen: list[str] = []
+
+    def next_line(self, deadline: float) -> str | None:
+        """The next line, or ``None`` if none came before ``deadline`` (time.monotonic) or EOF."""
+        while b"\n" not in self._pending:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([self._fd], [], [], remaining)[0]:
+                return None
+            chunk = os.read(self._fd, 65536)
+            if not chunk:
+                return None
+            self._pending += chunk
+        raw, self._pending = self._pending.split(b"\n", 1)
+        line = raw.decode(errors="replace")
+        self.seen.append(line)
+        return line

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import re
+import signal
 import socket
+import subprocess
+import time
 import urllib.request
 
 import anyio
@@ -15,7 +19,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from anydgram import ServerStatistics
 from anydgram.__main__ import main
 from anydgram._cli._observe import metrics_address, print_statistics, statistics_line
-from cli_harness import exchange, free_port, run_main_with, wait_until_bound
+from cli_harness import (
+    LineReader,
+    anydgram_command,
+    child_env,
+    exchange,
+    free_port,
+    run_main_with,
+    wait_until_bound,
+)
 
 
 def _free_tcp_port() -> int:
@@ -86,8 +98,54 @@ def test_bad_observe_arguments(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--stats-interval" in capsys.readouterr().err
     assert main(["serve", "9999", "--metrics", "example.org:1"]) == 2
     assert "localhost or an IP address" in capsys.readouterr().err
-    assert main(["serve", "0", "--workers", "2", "--stats-interval", "1"]) == 2
-    assert "--workers" in capsys.readouterr().err
+    assert main(["serve", "0", "--workers", "2", "--metrics", "9100"]) == 2
+    err = capsys.readouterr().err
+    assert "--metrics does not work with --workers" in err
+    assert "own counters" in err
+
+
+_WORKER_LINE = re.compile(
+    r"worker (?P<worker>\d+): \d\d:\d\d:\d\d received (?P<received>\d+)/s sent (?P<sent>\d+)/s "
+    r"parse errors 0 drops 0 handlers active \d+"
+)
+
+
+def test_serve_stats_interval_with_workers_prints_one_line_per_worker() -> None:
+    process = subprocess.Popen(
+        anydgram_command("serve", "127.0.0.1", "0", "--workers", "2", "--stats-interval", "0.2"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=child_env(),
+    )
+    try:
+        lines = LineReader(process)
+        first = lines.next_line(time.monotonic() + 15) or ""
+        match = re.search(r"127\.0\.0\.1:(\d+) with 2 worker processes", first)
+        assert match, first
+        port = int(match[1])
+        deadline = time.monotonic() + 15
+        while exchange("127.0.0.1", port, b"hello", timeout=0.2) is None:  # workers starting
+            assert time.monotonic() < deadline, lines.seen
+        # SO_REUSEPORT spreads clients by source port: 100 fresh sockets reach both workers.
+        for _ in range(100):
+            assert exchange("127.0.0.1", port, b"hello") is not None
+        busy: set[str] = set()
+        while busy != {"1", "2"}:
+            line = lines.next_line(deadline)
+            assert line is not None, f"no busy line from each worker: {lines.seen}"
+            worker_line = _WORKER_LINE.fullmatch(line)
+            assert worker_line, line
+            if int(worker_line["received"]) > 0:
+                assert int(worker_line["sent"]) > 0
+                busy.add(worker_line["worker"])
+        os.kill(process.pid, signal.SIGINT)
+        _, err = process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:  # pragma: no cover
+            process.kill()
+            process.wait(5)
+    assert process.returncode == 0, err
+    assert b"Traceback" not in err
 
 
 def _stats(**fields: int) -> ServerStatistics:

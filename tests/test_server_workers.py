@@ -27,6 +27,8 @@ import logging
 import os
 import sys
 
+import anyio
+
 from anydgram import DatagramServer
 
 
@@ -34,10 +36,24 @@ async def handler(request):
     await request.respond(str(os.getpid()).encode())
 
 
+async def background(worker):
+    sys.stdout.write(f"background {worker} in {os.getpid()}\\n")  # one write: no interleaving
+    sys.stdout.flush()
+    await anyio.sleep_forever()
+
+
+async def failing(worker):
+    if worker == 2:
+        raise ValueError("background of worker 2 failed")
+    await anyio.sleep_forever()
+
+
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
-    backend, workers = sys.argv[1], int(sys.argv[2])
-    DatagramServer("127.0.0.1", 0, handler).run(backend=backend, workers=workers)
+    backend, workers, hook = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    hooks = {"none": None, "background": background, "failing": failing}
+    server = DatagramServer("127.0.0.1", 0, handler)
+    server.run(backend=backend, workers=workers, background=hooks[hook])
     print("run returned", flush=True)
 """
 
@@ -80,11 +96,13 @@ class ServerProcess:
 
 
 @contextmanager
-def server_process(tmp_path: Path, backend: str, workers: int) -> Generator[ServerProcess]:
+def server_process(
+    tmp_path: Path, backend: str, workers: int, background: str = "none"
+) -> Generator[ServerProcess]:
     script = tmp_path / "serve.py"
     script.write_text(SCRIPT)
     proc = subprocess.Popen(
-        [sys.executable, str(script), backend, str(workers)],
+        [sys.executable, str(script), backend, str(workers), background],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         start_new_session=True,  # its own process group, for the Ctrl-C case
@@ -165,6 +183,44 @@ def test_a_dying_worker_stops_the_others(tmp_path: Path) -> None:
         assert proc.wait(10) == 1
         proc.read_until(rf"RuntimeError: worker process {first} exited with code -9")
     assert wait_gone({first, second}) == set()
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_background_runs_beside_each_worker(tmp_path: Path, backend: str) -> None:
+    with server_process(tmp_path, backend, 2, "background") as proc:
+        match = proc.read_until(r"2 worker processes \(pids (\d+), (\d+)\) serving on")
+        pids = {1: int(match[1]), 2: int(match[2])}
+        started: dict[int, int] = {}
+        # In either order, before or after the supervisor's line.
+        while len(started) < 2:
+            lines = [
+                m for line in proc.seen if (m := re.fullmatch(r"background (\d) in (\d+)", line))
+            ]
+            started = {int(m[1]): int(m[2]) for m in lines}
+            if len(started) < 2:
+                proc.read_until(r"^background \d in \d+$")
+        assert started == pids
+        os.kill(proc.pid, signal.SIGTERM)
+        # The background tasks are cancelled when the servers stop, so the workers exit.
+        assert proc.wait(10) == 0
+        proc.read_until(r"^run returned")
+
+
+def test_background_in_a_single_process(tmp_path: Path) -> None:
+    with server_process(tmp_path, "asyncio", 1, "background") as proc:
+        proc.read_until(r"^serving on 127\.0\.0\.1:")
+        assert int(proc.read_until(r"^background 1 in (\d+)$")[1]) == proc.pid
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(10) == 0
+        proc.read_until(r"^run returned")
+
+
+def test_a_failing_background_stops_the_workers(tmp_path: Path) -> None:
+    with server_process(tmp_path, "asyncio", 2, "failing") as proc:
+        assert proc.wait(15) == 1
+        proc.read_until(r"RuntimeError: worker process \d+ exited with code 1")
+    # The worker's own exception is the cause, so the reason is in the traceback.
+    assert any("ValueError: background of worker 2 failed" in line for line in proc.seen)
 
 
 def test_workers_report_a_bind_failure(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ takes a batch from a socket (:mod:`anydgram._socket_io`), the
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Generic, Self, TypeAlias, cast, overload
@@ -39,7 +39,7 @@ from ._server_request import DatagramRequest, Replies
 from ._server_sockets import check_hosts
 from ._socket_io import SocketProxy
 from ._statistics import ServerStatistics
-from ._workers import resolve_backend, run_in_this_process, run_workers
+from ._workers import run_server
 
 if TYPE_CHECKING:
     from ._endpoint import Address, IPAddress
@@ -421,6 +421,7 @@ class DatagramServer(Generic[SendT, RecvT]):
         backend: str = "asyncio",
         backend_options: dict[str, Any] | None = None,
         workers: int = 1,
+        background: Callable[[int], Coroutine[Any, Any, None]] | None = None,
     ) -> None:
         """Serve until SIGINT (Ctrl-C) or SIGTERM, blocking the calling thread.
 
@@ -443,6 +444,12 @@ class DatagramServer(Generic[SendT, RecvT]):
             backend_options: Passed to :func:`anyio.run`.
             workers: How many processes serve (Linux and other POSIX systems with ``fork``
                 and ``SO_REUSEPORT``).
+            background: ``async def background(worker: int)``, run in each serving process
+                beside its server while it serves, cancelled when it stops; ``worker`` numbers
+                the processes from 1 (1 without workers). For per-process work, such as
+                reporting that process's :meth:`statistics`. What it raises stops the server
+                and comes out of ``run()`` in an exception group (from a worker: as the
+                cause of the RuntimeError).
 
         Raises:
             ValueError: An unknown backend, or ``workers < 1``.
@@ -450,14 +457,4 @@ class DatagramServer(Generic[SendT, RecvT]):
             OSError: The address could not be bound.
             RuntimeError: The server is serving or was closed, or a worker process failed.
         """
-        backend_name, options = resolve_backend(backend, backend_options)
-        if not isinstance(workers, int) or isinstance(workers, bool):
-            raise TypeError(f"workers must be an int, not {type(workers).__name__}")
-        if workers < 1:
-            raise ValueError(f"workers must be >= 1, got {workers}")
-        if self._life.state != "new":
-            raise RuntimeError(f"the server cannot run: it is {self._life.state}")
-        if workers == 1:
-            run_in_this_process(self._life, backend_name, options)
-        else:
-            run_workers(self._life, workers, backend_name, options)
+        run_server(self._life, backend, backend_options, workers, background)

@@ -24,8 +24,8 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeAlias
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
@@ -39,11 +39,23 @@ if TYPE_CHECKING:
 
     from ._endpoint import IPAddress
 
-__all__ = ("Servable", "resolve_backend", "run_in_this_process", "run_workers")
+__all__ = (
+    "Background",
+    "Servable",
+    "resolve_backend",
+    "run_in_this_process",
+    "run_server",
+    "run_workers",
+)
+
+#: ``run(background=...)``: ``async def background(worker: int) -> None``, run beside the server.
+Background: TypeAlias = Callable[[int], Coroutine[Any, Any, None]]
 
 
 class Servable(Protocol):
     """What running a server from blocking code needs of it (its life cycle)."""
+
+    state: str
 
     @property
     def logger(self) -> logging.Logger: ...
@@ -75,19 +87,49 @@ def resolve_backend(
     return anyio_backend(backend, backend_options)
 
 
+def run_server(
+    server: Servable,
+    backend: str,
+    backend_options: dict[str, Any] | None,
+    workers: int,
+    background: Background | None,
+) -> None:
+    """``DatagramServer.run()``: check the arguments, then serve here or in worker processes."""
+    backend_name, options = resolve_backend(backend, backend_options)
+    if not isinstance(workers, int) or isinstance(workers, bool):
+        raise TypeError(f"workers must be an int, not {type(workers).__name__}")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    if background is not None and not callable(background):
+        raise TypeError(f"background must be callable, not {type(background).__name__}")
+    if server.state != "new":
+        raise RuntimeError(f"the server cannot run: it is {server.state}")
+    if workers == 1:
+        run_in_this_process(server, backend_name, options, background=background)
+    else:
+        run_workers(server, workers, backend_name, options, background)
+
+
 def run_in_this_process(
     server: Servable,
     backend: str,
     options: dict[str, Any],
     on_started: Callable[[tuple[Any, ...]], None] | None = None,
     signals: tuple[signal.Signals, ...] = _SIGNALS,
+    background: Background | None = None,
+    worker: int = 1,
 ) -> None:
-    """Serve on a new event loop until one of ``signals`` (``on_started`` gets the addresses)."""
+    """Serve on a new event loop until one of ``signals`` (``on_started`` gets the addresses).
+
+    ``background(worker)`` runs beside the server once it serves, and is cancelled when it stops.
+    """
     anyio.run(
         _serve_until_signalled,
         server,
         on_started,
         signals,
+        background,
+        worker,
         backend=backend,
         backend_options=options,
     )
@@ -97,6 +139,8 @@ async def _serve_until_signalled(
     server: Servable,
     on_started: Callable[[tuple[Any, ...]], None] | None,
     signals: tuple[signal.Signals, ...],
+    background: Background | None,
+    worker: int,
 ) -> None:
     # Bound first, outside the task group, so a bind error comes out as itself.
     await server.open()
@@ -107,6 +151,8 @@ async def _serve_until_signalled(
             addresses = await tg.start(server.serve)
             if on_started is not None:
                 on_started(addresses)
+            if background is not None:
+                tg.start_soon(background, worker)
             await server.wait_closed()
             tg.cancel_scope.cancel()
     finally:
@@ -174,6 +220,8 @@ def _worker_main(
     supervisor: int,
     backend: str,
     options: dict[str, Any],
+    background: Background | None,
+    worker: int,
 ) -> None:
     for fd in close_fds:
         with contextlib.suppress(OSError):
@@ -193,7 +241,9 @@ def _worker_main(
         reports.send(("started", addresses))
 
     try:
-        run_in_this_process(server, backend, options, started, (signal.SIGTERM,))
+        run_in_this_process(
+            server, backend, options, started, (signal.SIGTERM,), background, worker
+        )
     except Exception as exc:
         # The supervisor raises it (it is logged there); no second traceback from here.
         try:
@@ -205,8 +255,16 @@ def _worker_main(
         reports.close()
 
 
-def run_workers(server: Servable, count: int, backend: str, options: dict[str, Any]) -> None:
+def run_workers(
+    server: Servable,
+    count: int,
+    backend: str,
+    options: dict[str, Any],
+    background: Background | None = None,
+) -> None:
     """Run ``server`` in ``count`` forked worker processes until SIGINT/SIGTERM.
+
+    Worker ``n`` (1 to ``count``) runs ``background(n)`` beside its server, if given.
 
     Raises:
         ValueError: The platform has no ``fork`` or no ``SO_REUSEPORT``.
@@ -220,17 +278,25 @@ def run_workers(server: Servable, count: int, backend: str, options: dict[str, A
         raise ValueError("workers > 1 needs os.fork, which this platform lacks")
     if not hasattr(socket, "SO_REUSEPORT"):
         raise ValueError("workers > 1 needs SO_REUSEPORT, which this platform lacks")
-    Supervisor(server, count, backend, options).run()
+    Supervisor(server, count, backend, options, background).run()
 
 
 class Supervisor:
     """Starts the workers, passes signals on, and stops them all when one fails."""
 
-    def __init__(self, server: Servable, count: int, backend: str, options: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        server: Servable,
+        count: int,
+        backend: str,
+        options: dict[str, Any],
+        background: Background | None = None,
+    ) -> None:
         self._server = server
         self._count = count
         self._backend = backend
         self._options = options
+        self._background = background
         import multiprocessing
 
         self._logger: logging.Logger = server.logger
@@ -296,6 +362,9 @@ class Supervisor:
                     f"worker process {worker.process.pid} exited with code "
                     f"{worker.process.exitcode}"
                 )
+                report = _poll(worker.reports)  # ("failed", exc) if it raised, e.g. its background
+                if report is not None and isinstance(report[1], BaseException):
+                    self._failure.__cause__ = report[1]
                 self._logger.error("%s: stopping the other workers", self._failure)
                 self._stop_all()
                 return
@@ -318,6 +387,8 @@ class Supervisor:
                     os.getpid(),
                     self._backend,
                     self._options,
+                    self._background,
+                    len(self._workers) + 1,
                 ),
                 name=f"anydgram-worker-{len(self._workers) + 1}",
                 daemon=False,

@@ -13,6 +13,7 @@ import random
 import socket
 import sys
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, cast
 
 import anyio
@@ -220,9 +221,12 @@ GRACE_PERIOD = 5.0
 def run_serve(options: ServeOptions, backend: Backend) -> int:
     """Run ``anydgram serve`` until Ctrl-C or SIGTERM, then print the statistics; exit 0."""
     if options.workers > 1:
-        if options.metrics is not None or options.stats_interval is not None:
-            # Each worker is a process with its own statistics; see docs/cli.md.
-            raise CLIError("--metrics and --stats-interval do not work with --workers yet")
+        if options.metrics is not None:
+            # One port cannot show counters kept in N processes; see docs/cli.md.
+            raise CLIError(
+                "--metrics does not work with --workers: each worker process keeps its own "
+                "counters (--stats-interval prints a line per worker)"
+            )
         options = dataclasses.replace(options, port=_check_port(options.hosts, options.port))
     handler = ModeHandler(options.mode, loss=options.loss, delay=options.delay, seed=options.seed)
     server = build_server(options, handler)
@@ -293,7 +297,11 @@ def _check_port(hosts: list[str], port: int) -> int:
 
 
 def _run_workers(server: DatagramServer[Any, Any], options: ServeOptions, backend: Backend) -> int:
-    # The workers are separate processes: the statistics stay with them, so none are printed.
+    # The workers are separate processes with counters of their own: each prints its own
+    # --stats-interval lines, and no closing statistics are printed.
+    background = None
+    if options.stats_interval is not None:
+        background = partial(_print_worker_statistics, server, options.stats_interval)
     where = ", ".join(format_host_port(host, options.port) for host in options.hosts)
     write_line(
         f"Serving {options.mode} on {where} with {options.workers} worker processes "
@@ -304,8 +312,20 @@ def _run_workers(server: DatagramServer[Any, Any], options: ServeOptions, backen
             backend=backend.anyio_backend,
             backend_options=backend.options,
             workers=options.workers,
+            background=background,
         )
     except OSError as exc:
         raise _listen_error(options, exc) from None
     write_line("Stopped.")
     return 0
+
+
+async def _print_worker_statistics(
+    server: DatagramServer[Any, Any], interval: float, worker: int
+) -> None:
+    """``--stats-interval`` in worker process ``worker``: its own lines, marked with its number."""
+
+    def write(line: str) -> None:
+        write_line(f"worker {worker}: {line}")
+
+    await print_statistics(server.statistics, interval, write)
