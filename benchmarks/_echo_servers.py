@@ -232,6 +232,31 @@ async def serve_anydgram_server(
         task_status.started(addresses[0][1])
 
 
+async def serve_anydgram_server_returning(
+    json: bool, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED
+) -> None:
+    """A ``DatagramServer`` whose handler returns the packet it was given (its reply)."""
+    import anydgram
+
+    async def handler(request: anydgram.DatagramRequest[Any, Any]) -> Any:
+        return request.packet
+
+    server = anydgram.DatagramServer(
+        LOOPBACK, 0, handler, protocol=_protocol(json), recv_buffer_size=RECV_BUFFER
+    )
+    async with anyio.create_task_group() as tg:
+        addresses = await tg.start(server.serve_forever)
+        task_status.started(addresses[0][1])
+
+
+async def serve_anydgram_server_unbatched(
+    json: bool, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED
+) -> None:
+    """``anydgram-server`` with ``ANYDGRAM_BATCHED_SYSCALLS=0``: one system call per datagram."""
+    os.environ["ANYDGRAM_BATCHED_SYSCALLS"] = "0"
+    await serve_anydgram_server(json, task_status=task_status)
+
+
 ASYNC_SERVERS: dict[str, AsyncServe] = {
     "asyncio-protocol": serve_asyncio_protocol,
     "anyio-udp": serve_anyio_udp,
@@ -239,6 +264,8 @@ ASYNC_SERVERS: dict[str, AsyncServe] = {
     "easynetwork": serve_easynetwork,
     "anydgram-endpoint": serve_anydgram_endpoint,
     "anydgram-server": serve_anydgram_server,
+    "anydgram-server-return": serve_anydgram_server_returning,
+    "anydgram-server-unbatched": serve_anydgram_server_unbatched,
 }
 KINDS = ("raw", "raw-mmsg", *ASYNC_SERVERS)
 BACKENDS = ("blocking", "asyncio", "uvloop", "trio")
