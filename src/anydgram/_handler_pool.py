@@ -209,7 +209,7 @@ class HandlerPool:
         # so what that holder queued goes out now, and the rest of its batch unqueued.
         for slot in self.slots:
             transport = slot.transport
-            transport.queueing = False
+            transport.queueing = None
             transport.flush_replies_nowait()
         return self._stuck_slot()
 
@@ -257,11 +257,12 @@ class HandlerPool:
                         self._wake_standby()
                     # Replies are queued for one sendmmsg only while a standby is armed: if a
                     # handler yields, the standby's first act (_woken) sends them.
-                    transport.queueing = self._standby and transport.reply_batch is not None
+                    if self._standby:
+                        transport.queueing = transport.reply_batch
                     try:
                         await self._run_handlers(slot, scope)
                     finally:
-                        transport.queueing = False
+                        transport.queueing = None
                     await transport.flush_replies()
                     if slot.holder is not scope:
                         return  # relieved while a handler here was blocked
@@ -375,8 +376,10 @@ class HandlerPool:
                     reply = await hook(request)
                 else:
                     reply = await handler(request)
-                if reply is not None:  # a handler may return its reply
-                    await request.respond(reply)
+                if reply is not None:  # a handler may return its reply: respond(reply)
+                    data = request.send_soon(reply)
+                    if data is not None:
+                        await request.send_later(data)
             except Exception as exc:
                 self._handler_failed(exc, request)
             except cancelled_class:

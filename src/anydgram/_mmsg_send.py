@@ -88,14 +88,13 @@ class ReplyBatch:
         "_iov_lengths",
         "_iovecs",
         "_messages",
-        "_name_cache",
-        "_name_offsets",
-        "_namelen",
+        "_name_buffers",
+        "_name_pointers",
         "_names",
-        "_names_view",
         "_offsets",
         "_peers",
         "_pointers",
+        "_retired",
         "_slot_size",
         "_tally",
         "blocked",
@@ -111,34 +110,40 @@ class ReplyBatch:
         self._core = core
         self._tally = tally
         self.capacity = capacity
-        self._namelen = SOCKADDR_IN_SIZE if core.family == socket.AF_INET else SOCKADDR_IN6_SIZE
+        namelen = SOCKADDR_IN_SIZE if core.family == socket.AF_INET else SOCKADDR_IN6_SIZE
         self._slot_size = slot = max(core.max_datagram_size, 1)
         # Anonymous mmap memory: pages are allocated only as replies reach them.
         self._data_map = mmap.mmap(-1, capacity * slot)
         buffer = (ctypes.c_char * (capacity * slot)).from_buffer(self._data_map)
-        self._names = (ctypes.c_char * (capacity * self._namelen))()
         self._iovecs = (IoVec * capacity)()
         self._messages = (MMsgHdr * capacity)()
-        base, names = ctypes.addressof(buffer), ctypes.addressof(self._names)
+        base = ctypes.addressof(buffer)
         for i in range(capacity):
             self._iovecs[i].iov_base = base + i * slot
             header = self._messages[i].msg_hdr
-            header.msg_name = names + i * self._namelen
-            header.msg_namelen = self._namelen
+            header.msg_namelen = namelen
             header.msg_iov = ctypes.addressof(self._iovecs) + i * ctypes.sizeof(IoVec)
             header.msg_iovlen = 1
         start = ctypes.addressof(self._messages)
         size = ctypes.sizeof(MMsgHdr)
         self._pointers = [ctypes.c_void_p(start + i * size) for i in range(capacity)]
-        # Each iovec is (iov_base, iov_len), two size_t (unsigned long on Linux): every second
-        # one is a length.
-        self._iov_lengths = memoryview(self._iovecs).cast("B").cast("L")[1::2]
+        # Each iovec is (iov_base, iov_len), two pointer-sized words: every second is a length.
+        self._iov_lengths = memoryview(self._iovecs).cast("B").cast("P")[1::2]
+        # Each message's msg_name, its first word: a slot points at its peer's cached sockaddr
+        # (one word written per reply, no address copied).
+        self._name_pointers = (
+            memoryview(self._messages)
+            .cast("B")
+            .cast("P")[:: size // ctypes.sizeof(ctypes.c_void_p)]
+        )
         self._data = memoryview(buffer).cast("B")
-        self._names_view = memoryview(self._names).cast("B")
         self._offsets = list(range(0, capacity * slot, slot))
-        self._name_offsets = list(range(0, capacity * self._namelen, self._namelen))
         self._peers: list[Any] = [None] * capacity
-        self._name_cache: dict[Any, bytes] = {}
+        # peer address -> the address of its encoded sockaddr, kept alive in _name_buffers;
+        # buffers of a cleared cache are retired until the next flush (slots may point there).
+        self._names: dict[Any, int] = {}
+        self._name_buffers: list[ctypes.Array[ctypes.c_char]] = []
+        self._retired: list[ctypes.Array[ctypes.c_char]] = []
         self.count = 0  # slots filled
         self.start = 0  # slots already sent, after a flush that found the buffer full
         self.blocked = False  # the last flush found the kernel's send buffer full
@@ -150,32 +155,37 @@ class ReplyBatch:
         That is while the kernel's buffer is full, for an address that is not an IP peer of
         this socket, or for a datagram longer than a slot.
         """
-        if self.blocked:
-            return False
         i = self.count
-        if i >= self.capacity:
-            if not self.flush():
-                return False
-            i = 0
+        name = self._names.get(address)
+        if name is None or i >= self.capacity or self.blocked:
+            return self._put_slowly(data, address)
         n = len(data)
         if n > self._slot_size:
             return False
-        raw = self._name_cache.get(address)
-        if raw is None:
-            raw = encode_sockaddr(self._core.family, address)
-            if raw is None:
-                return False
-            if len(self._name_cache) >= _NAME_CACHE_SIZE:
-                self._name_cache.clear()
-            self._name_cache[address] = raw
         offset = self._offsets[i]
         self._data[offset : offset + n] = data
-        offset = self._name_offsets[i]
-        self._names_view[offset : offset + self._namelen] = raw
+        self._name_pointers[i] = name
         self._iov_lengths[i] = n
         self._peers[i] = address
         self.count = i + 1
         return True
+
+    def _put_slowly(self, data: bytes, address: Any) -> bool:
+        """:meth:`put` for a new peer or a full batch."""
+        if self.blocked or (self.count >= self.capacity and not self.flush()):
+            return False
+        if address not in self._names:
+            raw = encode_sockaddr(self._core.family, address)
+            if raw is None:
+                return False
+            if len(self._names) >= _NAME_CACHE_SIZE:
+                self._names.clear()
+                self._retired.extend(self._name_buffers)
+                self._name_buffers.clear()
+            buffer = ctypes.create_string_buffer(raw, len(raw))
+            self._name_buffers.append(buffer)
+            self._names[address] = ctypes.addressof(buffer)
+        return self.put(data, address)
 
     def flush(self) -> bool:
         """Hand the queued replies to the kernel; ``False`` if its buffer filled first.
@@ -189,6 +199,7 @@ class ReplyBatch:
         if start >= count:
             self.count = self.start = 0
             self.blocked = False
+            self._retired.clear()
             return True
         core = self._core
         if core.closed:
@@ -230,6 +241,7 @@ class ReplyBatch:
             retried = start
         self.count = self.start = 0
         self.blocked = False
+        self._retired.clear()
         return True
 
     def discard(self) -> int:
@@ -237,4 +249,5 @@ class ReplyBatch:
         dropped = self.count - self.start
         self.count = self.start = 0
         self.blocked = False
+        self._retired.clear()
         return dropped

@@ -128,6 +128,20 @@ class DatagramRequest(Generic[SendT, RecvT]):
             anyio.ClosedResourceError: The server is closed.
             Exception: Whatever the serializer raises for a packet it cannot represent.
         """
+        data = self.send_soon(packet)
+        if data is not None:
+            await self.send_later(data)
+
+    def send_soon(self, packet: SendT) -> bytes | None:
+        """:meth:`respond` without waiting: ``None`` if done, else the datagram to wait for.
+
+        Done means sent, queued in the socket's batch, held back by the amplification cap, or
+        failed (counted and logged). A datagram is returned when a fairness checkpoint is due
+        or the kernel's buffer is full: :meth:`send_later` finishes the job. (For the
+        server's handler pool, which sends a handler's returned reply with it.)
+
+        :meta private:
+        """
         replies = self._replies
         data: bytes
         if isinstance(packet, bytes) and len(packet) <= replies.raw_limit:
@@ -138,20 +152,36 @@ class DatagramRequest(Generic[SendT, RecvT]):
         if amplification is not None and not amplification.may_send(
             source_key(self.address), len(data)
         ):
-            return
-        # The server's fairness rule for replies (a full checkpoint every few, before the
-        # send), then a send that waits only if the kernel's buffer is full.
-        transport = self._transport
+            return None
+        # The server's fairness rule for replies: a full checkpoint every few, before the send.
         replies.ready += 1
+        if replies.ready >= SEND_FAIRNESS_INTERVAL:
+            return data
+        transport = self._transport
+        batch = transport.queueing
+        if batch is not None and batch.put(data, self.address):
+            return None  # copied into the socket's batch, sent (and counted) before it yields
+        try:
+            if transport.send_nowait(data, self.address, self._source):
+                return None
+        except OSError as exc:
+            replies.failed(exc, self.address)
+            return None
+        return data
+
+    async def send_later(self, data: bytes) -> None:
+        """Send what :meth:`send_soon` could not: pass the checkpoint due, wait for room.
+
+        :meta private:
+        """
+        replies = self._replies
+        transport = self._transport
         if replies.ready >= SEND_FAIRNESS_INTERVAL:
             replies.ready = 0
             await transport.flush_replies()  # nothing queued waits across a yield
             await replies.checkpoint()
-        elif transport.queueing and transport.queue_reply(data, self.address):
-            return  # copied into the socket's batch, sent (and counted) before it yields
         try:
-            if not transport.send_nowait(data, self.address, self._source):
-                await transport.send(data, self.address, self._source)
+            await transport.send(data, self.address, self._source)
         except OSError as exc:
             replies.failed(exc, self.address)
 

@@ -231,10 +231,10 @@ class SocketIO(Tally):
         self._recv_waiter = _FdWaiter()
         self._send_waiter = _FdWaiter()
         #: Replies queued for one ``sendmmsg`` (server sockets that have one; see
-        #: ``_mmsg_send.py``), and whether :meth:`queue_reply` may queue right now (the
-        #: handler pool turns it on while the reading task runs a batch's handlers).
+        #: ``_mmsg_send.py``), and the same batch while replies may be queued in it (the
+        #: handler pool sets it while the reading task runs a batch's handlers), else None.
         self.reply_batch: ReplyBatch | None = None
-        self.queueing = False
+        self.queueing: ReplyBatch | None = None
 
     def __repr__(self) -> str:
         return f"<SocketIO {self.sock!r}>"
@@ -410,8 +410,8 @@ class SocketIO(Tally):
 
     def queue_reply(self, data: bytes, address: Any) -> bool:
         """Queue a reply for the next flush, if :attr:`queueing`; ``False``: send it now."""
-        batch = self.reply_batch
-        return self.queueing and batch is not None and batch.put(data, address)
+        batch = self.queueing
+        return batch is not None and batch.put(data, address)
 
     def flush_replies_nowait(self) -> bool:
         """Send the queued replies the kernel takes now; ``False`` if its buffer filled."""
@@ -429,7 +429,7 @@ class SocketIO(Tally):
     def _flush_before_close(self) -> None:
         batch = self.reply_batch
         if batch is not None and batch.count:
-            self.queueing = False
+            self.queueing = None
             if not batch.flush():
                 self.send_errors += batch.discard()  # the kernel's buffer stayed full
 
