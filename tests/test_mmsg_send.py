@@ -333,3 +333,17 @@ async def test_a_handler_may_return_its_reply(anyio_backend: Any, client: socket
     assert stats.handler_errors == 1  # the unserializable reply, as if respond() raised
     with pytest.raises(BlockingIOError):
         client.recv(65536)  # None sent nothing
+
+
+def test_a_returned_reply_is_type_checked_against_the_servers_send_type() -> None:
+    # CI type-checks this file with mypy --strict, whose warn_unused_ignores makes the ignore
+    # below an error the day a handler returning the wrong type stops being one. (pyright
+    # reports it too, as reportArgumentType; it honours the same comment.) It also runs.
+    async def returns_bytes(request: DatagramRequest[bytes, bytes]) -> bytes:
+        return request.packet
+
+    async def returns_text(request: DatagramRequest[bytes, bytes]) -> str:
+        return "not bytes"
+
+    DatagramServer("127.0.0.1", 0, returns_bytes)
+    DatagramServer("127.0.0.1", 0, returns_text)  # type: ignore[arg-type]
