@@ -268,16 +268,16 @@ class SocketCore:
         strategy: Callable[[SocketCore], ReceiveStrategy] | None = None,
     ) -> None:
         sock.setblocking(False)
-        self.sock = sock
-        self.family = sock.family
-        self.is_unix = sock.family == socket.AF_UNIX
-        self.connected = connected
+        self.sock: SocketLike = sock
+        self.family: int = sock.family
+        self.is_unix: bool = sock.family == socket.AF_UNIX
+        self.connected: bool = connected
         self.peer: Any = normalize_address(sock.family, sock.getpeername()) if connected else None
-        self.max_datagram_size = max_datagram_size
+        self.max_datagram_size: int = max_datagram_size
         # One byte more than the limit: a longer datagram is detected, never silently cut.
-        self.bufsize = max_datagram_size + 1
-        self.unlink_path = unlink_path
-        self.closed = False
+        self.bufsize: int = max_datagram_size + 1
+        self.unlink_path: BoundPath | None = unlink_path
+        self.closed: bool = False
         #: ``receive(max_count, tally) -> list[Received]``, the strategy's, bound once.
         self.receive: Callable[[int, Tally], list[Received]] = (
             RecvFrom(self) if strategy is None else strategy(self)

@@ -109,7 +109,7 @@ class ReplyBatch:
             raise ValueError("batched replies are for unconnected IP sockets")
         self._core = core
         self._tally = tally
-        self.capacity = capacity
+        self.capacity: int = capacity
         namelen = SOCKADDR_IN_SIZE if core.family == socket.AF_INET else SOCKADDR_IN6_SIZE
         self._slot_size = slot = max(core.max_datagram_size, 1)
         # Anonymous mmap memory: pages are allocated only as replies reach them.
@@ -144,9 +144,9 @@ class ReplyBatch:
         self._names: dict[Any, int] = {}
         self._name_buffers: list[ctypes.Array[ctypes.c_char]] = []
         self._retired: list[ctypes.Array[ctypes.c_char]] = []
-        self.count = 0  # slots filled
-        self.start = 0  # slots already sent, after a flush that found the buffer full
-        self.blocked = False  # the last flush found the kernel's send buffer full
+        self.count: int = 0  # slots filled
+        self.start: int = 0  # slots already sent, after a flush that found the buffer full
+        self.blocked: bool = False  # the last flush found the kernel's send buffer full
         self.on_failed: Callable[[Exception, Any], None] | None = None
 
     def put(self, data: bytes, address: Any) -> bool:

@@ -431,7 +431,8 @@ class SocketIO(Tally):
         if batch is not None and batch.count:
             self.queueing = None
             if not batch.flush():
-                self.send_errors += batch.discard()  # the kernel's buffer stayed full
+                tally: Tally = self
+                tally.send_errors += batch.discard()  # the kernel's buffer stayed full
 
     async def wait_writable(self) -> None:
         """Wait until the socket's send buffer has room (``ClosedResourceError`` if closed)."""
