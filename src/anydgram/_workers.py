@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
     from ._endpoint import IPAddress
 
-__all__ = ("Servable", "resolve_backend", "run_in_this_process", "run_workers")
+__all__ = ("Servable", "resolve_backend", "run_in_this_process", "run_server", "run_workers")
 
 
 class Servable(Protocol):
@@ -73,6 +73,27 @@ def resolve_backend(
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a str, not {type(backend).__name__}")
     return anyio_backend(backend, backend_options)
+
+
+def run_server(
+    server: Servable,
+    state: str,
+    backend: str,
+    backend_options: dict[str, Any] | None,
+    workers: int,
+) -> None:
+    """:meth:`DatagramServer.run`: check the arguments, then serve here or in workers."""
+    backend_name, options = resolve_backend(backend, backend_options)
+    if not isinstance(workers, int) or isinstance(workers, bool):
+        raise TypeError(f"workers must be an int, not {type(workers).__name__}")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    if state != "new":
+        raise RuntimeError(f"the server cannot run: it is {state}")
+    if workers == 1:
+        run_in_this_process(server, backend_name, options)
+    else:
+        run_workers(server, workers, backend_name, options)
 
 
 def run_in_this_process(

@@ -1,0 +1,27 @@
+"""DTLS over anydgram's clients and server (the ``dtls`` extra: pyOpenSSL, cryptography).
+
+:func:`connect_dtls` opens an encrypted :class:`DTLSClient` (the whole
+:class:`~anydgram.DatagramClient` API), :class:`SyncDTLSClient` is its blocking twin, and
+``DatagramServer(..., dtls=...)`` serves handlers decrypted packets. See the DTLS guide.
+"""
+
+from __future__ import annotations
+
+from ._client import DTLSClient as DTLSClient
+from ._client import connect_dtls as connect_dtls
+from ._contexts import DTLSError as DTLSError
+from ._contexts import client_context as client_context
+from ._contexts import server_context as server_context
+from ._server_side import DTLSServerConfig as DTLSServerConfig
+
+__all__ = (
+    "DTLSClient",
+    "DTLSError",
+    "DTLSServerConfig",
+    "client_context",
+    "connect_dtls",
+    "server_context",
+)
+
+for _name in __all__:
+    globals()[_name].__module__ = __name__
