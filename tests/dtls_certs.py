@@ -20,7 +20,7 @@ class Identity:
 
 
 @dataclass(frozen=True)
-class TestPKI:
+class PKI:
     cafile: Path
     server: Identity
     client: Identity
@@ -112,7 +112,7 @@ def _leaf(
     return Identity(certfile, keyfile)
 
 
-def make_pki(directory: Path) -> TestPKI:
+def make_pki(directory: Path) -> PKI:
     """A fresh CA with a server certificate (localhost, 127.0.0.1, ::1) and a client one."""
     ca = _ca("anydgram test CA")
     other = _ca("untrusted CA")
@@ -124,7 +124,7 @@ def make_pki(directory: Path) -> TestPKI:
         x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
         x509.IPAddress(ipaddress.ip_address("::1")),
     ]
-    return TestPKI(
+    return PKI(
         cafile=cafile,
         server=_leaf(ca, "localhost", server_names, directory, "server"),
         client=_leaf(ca, "test client", [], directory, "client"),

@@ -1,0 +1,319 @@
+"""DTLS clients and servers on every backend: handshakes, failures, data, limits, counters."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from OpenSSL import SSL
+
+from anydgram import DatagramProtocol, DatagramRequest, DatagramServer, open_udp_endpoint
+from anydgram.dtls import (
+    DTLSClient,
+    DTLSError,
+    DTLSServerConfig,
+    client_context,
+    connect_dtls,
+    server_context,
+)
+from anydgram.dtls._association import Association
+from anydgram.serializers import JSONSerializer
+from dtls_harness import PKI, default_config, echo_server, lossy_relay, make_pki
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+async def same_echo(request: DatagramRequest[Any, Any]) -> None:
+    await request.respond(request.packet)
+
+
+def trusting(pki: PKI) -> SSL.Context:
+    return client_context(cafile=pki.cafile)
+
+
+async def wait_until(condition: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
+    """Poll a condition that only a timer or a peer's datagram makes true, within a bound."""
+    try:
+        with anyio.fail_after(timeout):
+            while not condition():  # noqa: ASYNC110 - no event to wait on: the state is the server's
+                await anyio.sleep(0.01)
+    except TimeoutError:
+        pytest.fail(f"no {what} within {timeout} s")
+
+
+async def test_echo_round_trip_and_counters(pki: PKI) -> None:
+    async with echo_server(default_config(pki)) as (server, port):
+        async with await connect_dtls("127.0.0.1", port, client_context(cafile=pki.cafile)) as c:
+            assert isinstance(c, DTLSClient)
+            await c.send_packet(b"hello")
+            with anyio.fail_after(5):
+                assert await c.recv_packet() == b"HELLO"
+            assert await c.request(b"again", timeout=2) == b"AGAIN"
+            cert = c.peer_certificate
+            assert cert is not None
+            assert cert.subject.rfc4514_string() == "CN=localhost"
+            stats = c.statistics()
+            assert (stats.dtls_handshakes, stats.dtls_sessions) == (1, 1)
+            assert stats.dtls_records_dropped == 0
+            server_stats = server.statistics()
+            assert server_stats.dtls_handshakes == 1
+            assert server_stats.dtls_sessions == 1
+            assert server_stats.dtls_handshake_failures == 0
+        assert c.statistics().dtls_sessions == 0
+        # The client's close_notify ends its session on the server.
+        await wait_until(lambda: server.statistics().dtls_sessions == 0, "session closed")
+
+
+async def test_handlers_see_decoded_packets_with_any_protocol(pki: PKI) -> None:
+    protocol = DatagramProtocol(JSONSerializer())
+
+    async def handler(request: DatagramRequest[Any, Any]) -> None:
+        await request.respond({"sum": sum(request.packet["numbers"])})
+
+    server = DatagramServer("127.0.0.1", 0, handler, protocol=protocol, dtls=default_config(pki))
+    async with (
+        server.serving() as addresses,
+        await connect_dtls(
+            "localhost", addresses[0][1], trusting(pki), protocol=protocol, family=socket.AF_INET
+        ) as client,
+    ):
+        reply = await client.request({"numbers": [1, 2, 3]}, timeout=2)
+    assert reply == {"sum": 6}
+
+
+async def test_large_packets_and_the_record_limit(pki: PKI) -> None:
+    async with (
+        echo_server(default_config(pki)) as (_, port),
+        await connect_dtls("127.0.0.1", port, trusting(pki)) as client,
+    ):
+        big = b"x" * 16384
+        assert await client.request(big, timeout=2) == big.upper()
+        with pytest.raises(ValueError, match="16385 bytes"):
+            await client.send_packet(big + b"x")
+        with pytest.raises(ValueError, match="empty"):
+            await client.send_packet(b"")
+
+
+async def test_handshake_flights_fit_the_protocols_datagram_size(pki: PKI) -> None:
+    protocol = DatagramProtocol(JSONSerializer(), max_datagram_size=400)
+    server = DatagramServer("127.0.0.1", 0, same_echo, protocol=protocol, dtls=default_config(pki))
+    sizes: list[int] = []
+
+    def record(index: int, data: bytes) -> bool:
+        sizes.append(len(data))
+        return False
+
+    async with (
+        server.serving() as addresses,
+        lossy_relay(addresses[0][1], record) as (relay, _),
+        await connect_dtls("127.0.0.1", relay, trusting(pki), protocol=protocol) as client,
+    ):
+        assert await client.request([1, 2], timeout=2) == [1, 2]
+    assert sizes
+    assert max(sizes) <= 400
+
+
+async def test_wrong_host_name_is_refused(pki: PKI) -> None:
+    async with echo_server(default_config(pki)) as (server, port):
+        with pytest.raises(DTLSError, match=r"not valid for 'example\.org'"):
+            await connect_dtls("127.0.0.1", port, trusting(pki), server_hostname="example.org")
+        await wait_until(lambda: server.statistics().dtls_handshake_failures == 1, "failure")
+        assert server.statistics().dtls_sessions == 0
+
+
+async def test_untrusted_certificate_is_refused(pki: PKI) -> None:
+    async with echo_server(default_config(pki)) as (server, port):
+        with pytest.raises(DTLSError, match="certificate verify failed"):
+            await connect_dtls("127.0.0.1", port, client_context(cafile=pki.other_cafile))
+        await wait_until(lambda: server.statistics().dtls_handshake_failures == 1, "failure")
+        # verify=False skips the check (for tests only): the same server is then accepted.
+        async with await connect_dtls("127.0.0.1", port, client_context(verify=False)) as c:
+            assert await c.request(b"ok", timeout=2) == b"OK"
+
+
+async def test_no_shared_cipher(pki: PKI) -> None:
+    server_ctx = server_context(pki.server.certfile, pki.server.keyfile)
+    server_ctx.set_cipher_list(b"ECDHE-ECDSA-AES256-GCM-SHA384")
+    client_ctx = client_context(cafile=pki.cafile)
+    client_ctx.set_cipher_list(b"ECDHE-ECDSA-AES128-GCM-SHA256")
+    async with echo_server(server_ctx) as (server, port):
+        with pytest.raises(DTLSError, match="handshake failure"):
+            await connect_dtls("127.0.0.1", port, client_ctx)
+        await wait_until(lambda: server.statistics().dtls_handshake_failures == 1, "failure")
+
+
+async def test_handshake_timeout_against_a_silent_peer() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        port = silent.getsockname()[1]
+        started = anyio.current_time()
+        with pytest.raises(DTLSError, match=r"timed out after 0\.3 s"):
+            await connect_dtls(
+                "127.0.0.1", port, client_context(verify=False), handshake_timeout=0.3
+            )
+        assert anyio.current_time() - started < 2
+        silent.setblocking(False)
+        assert silent.recv(65536)[0] == 22  # it did send a ClientHello
+
+
+async def test_lost_flights_are_retransmitted(pki: PKI) -> None:
+    # The client's second ClientHello (the one with the cookie) is lost: OpenSSL's timer
+    # (RFC 6347: 1 s first) sends it again.
+    async with echo_server(default_config(pki)) as (server, port):
+        async with lossy_relay(port, lambda index, data: index == 1) as (relay, seen):
+            with anyio.fail_after(8):
+                client = await connect_dtls("127.0.0.1", relay, trusting(pki))
+            async with client:
+                assert await client.request(b"x", timeout=2) == b"X"
+        # The same hello again, in a record with a new sequence number (not a replay).
+        assert seen[1][13:] == seen[2][13:]
+        assert seen[1][3:11] != seen[2][3:11]
+        assert server.statistics().dtls_handshakes == 1
+
+
+async def test_mutual_authentication(pki: PKI) -> None:
+    config = DTLSServerConfig(
+        server_context(
+            pki.server.certfile,
+            pki.server.keyfile,
+            cafile=pki.cafile,
+            require_client_certificate=True,
+        )
+    )
+    async with echo_server(config) as (server, port):
+        with pytest.raises(DTLSError):
+            await connect_dtls("127.0.0.1", port, trusting(pki), handshake_timeout=3)
+        stranger = client_context(
+            cafile=pki.cafile, certfile=pki.stranger.certfile, keyfile=pki.stranger.keyfile
+        )
+        with pytest.raises(DTLSError):
+            await connect_dtls("127.0.0.1", port, stranger, handshake_timeout=3)
+        await wait_until(lambda: server.statistics().dtls_handshake_failures == 2, "failures")
+        known = client_context(
+            cafile=pki.cafile, certfile=pki.client.certfile, keyfile=pki.client.keyfile
+        )
+        async with await connect_dtls("127.0.0.1", port, known) as client:
+            assert await client.request(b"me", timeout=2) == b"ME"
+        assert server.statistics().dtls_handshakes == 1
+
+
+async def test_shutdown_sends_close_notify(pki: PKI) -> None:
+    server = DatagramServer("127.0.0.1", 0, same_echo, dtls=default_config(pki))
+    async with anyio.create_task_group() as tasks:
+        addresses = await tasks.start(server.serve_forever)
+        client = await connect_dtls("127.0.0.1", addresses[0][1], trusting(pki))
+        async with client:
+            assert await client.request(b"hi", timeout=2) == b"hi"
+            await server.shutdown(1)
+            with anyio.fail_after(5), pytest.raises(DTLSError, match="peer closed"):
+                await client.recv_packet()
+            assert client.statistics().dtls_sessions == 0
+            with pytest.raises(DTLSError, match="peer closed"):
+                await client.send_packet(b"more")
+
+
+async def test_garbage_and_replays_are_dropped_and_counted(pki: PKI) -> None:
+    got: list[bytes] = []
+
+    async def handler(request: DatagramRequest[bytes, bytes]) -> None:
+        got.append(request.packet)
+        await request.respond(b"ack")
+
+    server = DatagramServer("127.0.0.1", 0, handler, dtls=default_config(pki))
+    async with server.serving() as addresses:
+        port = addresses[0][1]
+        async with await connect_dtls("127.0.0.1", port, trusting(pki)) as client:
+            # A record sent twice: the second is a replay.
+            association: Association = client._dtls.association
+            (record,) = association.seal(b"once")
+            client._dtls.send_nowait(record, None)
+            client._dtls.send_nowait(record, None)
+            # A forged record in the session's epoch, and bytes that are no record at all.
+            forged = bytearray(record)
+            forged[-1] ^= 1
+            forged[10] ^= 0x40  # a fresh sequence number, so it is not a replay
+            client._dtls.send_nowait(bytes(forged), None)
+            client._dtls.send_nowait(b"\x00garbage", None)
+            with anyio.fail_after(5):
+                assert await client.recv_packet() == b"ack"
+            # The session survives and still works.
+            assert await client.request(b"after", timeout=2) == b"ack"
+        # From a peer with no session at all.
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stranger:
+            stranger.sendto(b"\x17\xfe\xfd" + bytes(10) + b"junk", ("127.0.0.1", port))
+        await wait_until(lambda: server.statistics().dtls_records_dropped >= 4, "drops")
+    assert got == [b"once", b"after"]
+    stats = server.statistics()
+    assert stats.dtls_records_dropped == 4
+    assert stats.handler_errors == 0
+
+
+async def test_session_table_is_bounded_lru(pki: PKI) -> None:
+    async with echo_server(default_config(pki, max_sessions=2)) as (server, port):
+        clients = [await connect_dtls("127.0.0.1", port, trusting(pki)) for _ in range(3)]
+        try:
+            assert server.statistics().dtls_sessions == 2
+            # The first client's session was evicted (least recently used), with a
+            # close_notify.
+            with anyio.fail_after(5), pytest.raises(DTLSError, match="peer closed"):
+                await clients[0].recv_packet()
+            for client in clients[1:]:
+                assert await client.request(b"kept", timeout=2) == b"KEPT"
+        finally:
+            for client in clients:
+                await client.aclose()
+
+
+async def test_idle_sessions_expire(pki: PKI) -> None:
+    async with echo_server(default_config(pki, idle_timeout=0.2)) as (server, port):
+        async with await connect_dtls("127.0.0.1", port, trusting(pki)) as client:
+            assert await client.request(b"a", timeout=2) == b"A"
+            assert server.statistics().dtls_sessions == 1
+            # The server closes the idle session with a close_notify.
+            with anyio.fail_after(5), pytest.raises(DTLSError, match="peer closed"):
+                await client.recv_packet()
+        assert server.statistics().dtls_sessions == 0
+
+
+async def test_spoofed_hello_costs_one_smaller_reply_and_no_state(pki: PKI) -> None:
+    hello = first_client_hello()
+    async with echo_server(default_config(pki)) as (server, port):
+        async with await open_udp_endpoint("127.0.0.1") as spoofer:
+            for _ in range(3):
+                await spoofer.send_packet(hello, ("127.0.0.1", port))
+            with anyio.fail_after(5):
+                replies = [(await spoofer.recv_packet())[0] for _ in range(3)]
+        assert all(len(reply) < len(hello) for reply in replies)
+        assert all(reply[0] == 22 and reply[13] == 3 for reply in replies)  # HelloVerifyRequest
+        assert server.statistics().dtls_sessions == 0
+        # A hello too short to be answered with less is not answered at all.
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tiny:
+            tiny.sendto(hello[:60], ("127.0.0.1", port))
+        await wait_until(lambda: server.statistics().dtls_records_dropped == 1, "dropped")
+
+
+def first_client_hello() -> bytes:
+    association = Association(client_context(verify=False), mtu=1200, server=False)
+    assert not association.handshake()
+    (hello,) = association.outgoing()
+    return hello
+
+
+async def test_bad_arguments(pki: PKI, tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match="DTLSServerConfig"):
+        DatagramServer("127.0.0.1", 0, same_echo, dtls=object())  # type: ignore[call-overload]
+    with pytest.raises(ValueError, match="max_sessions"):
+        default_config(pki, max_sessions=0)
+    with pytest.raises(TypeError, match=r"OpenSSL\.SSL\.Context"):
+        await connect_dtls("127.0.0.1", 1, object())  # type: ignore[call-overload]
+    with pytest.raises(ValueError, match="handshake_timeout"):
+        await connect_dtls("127.0.0.1", 1, trusting(pki), handshake_timeout=0)
+    with pytest.raises(ValueError, match="cafile"):
+        server_context(pki.server.certfile, pki.server.keyfile, require_client_certificate=True)
