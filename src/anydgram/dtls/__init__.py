@@ -13,11 +13,13 @@ from ._contexts import DTLSError as DTLSError
 from ._contexts import client_context as client_context
 from ._contexts import server_context as server_context
 from ._server_side import DTLSServerConfig as DTLSServerConfig
+from ._sync_client import SyncDTLSClient as SyncDTLSClient
 
 __all__ = (
     "DTLSClient",
     "DTLSError",
     "DTLSServerConfig",
+    "SyncDTLSClient",
     "client_context",
     "connect_dtls",
     "server_context",
