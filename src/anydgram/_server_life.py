@@ -258,6 +258,9 @@ def _summary(stats: ServerStatistics) -> str:
         "unread_at_close",
         "rate_limited",
         "amplification_dropped",
+        "dtls_handshakes",
+        "dtls_handshake_failures",
+        "dtls_records_dropped",
     ):
         value = getattr(stats, name)
         if value:
