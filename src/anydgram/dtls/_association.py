@@ -128,16 +128,23 @@ class Association:
 
     def outgoing(self) -> list[bytes]:
         """What OpenSSL wants sent, as datagrams of at most the MTU (possibly none)."""
-        chunks: list[bytes] = []
+        stream = self._drain()
+        return pack_records(stream, self.mtu) if stream else []
+
+    def _drain(self) -> bytes:
         conn = self._conn
+        try:
+            chunk = conn.bio_read(_READ_SIZE)
+        except SSL.WantReadError:
+            return b""
+        if len(chunk) < _READ_SIZE:
+            return chunk  # a memory BIO hands over all it holds: nothing is left
+        chunks = [chunk]
         while True:
             try:
                 chunks.append(conn.bio_read(_READ_SIZE))
             except SSL.WantReadError:
-                break
-        if not chunks:
-            return []
-        return pack_records(b"".join(chunks), self.mtu)
+                return b"".join(chunks)
 
     # -- data --------------------------------------------------------------------------------
 
@@ -156,7 +163,11 @@ class Association:
         if not self.established:
             return []  # the caller's handshake() reads it
         plaintexts: list[bytes] = []
-        while True:
+        expected = types.count(APPLICATION_DATA)
+        # Only application records: once each has been read there is nothing more to ask
+        # for (the usual case, one record, costs one call and no WantReadError).
+        bounded = expected == len(types)
+        while not bounded or len(plaintexts) < expected:
             try:
                 plaintexts.append(conn.recv(MAX_RECORD_PLAINTEXT))
             except SSL.WantReadError:
@@ -169,7 +180,6 @@ class Association:
                 # is over, as after a close_notify.
                 self.closed_by_peer = True
                 break
-        expected = types.count(APPLICATION_DATA)
         if expected > len(plaintexts):
             self.records_dropped += expected - len(plaintexts)
         return plaintexts
@@ -186,7 +196,9 @@ class Association:
             self._conn.send(plaintext)
         except SSL.Error as exc:
             raise error_from_ssl("DTLS write failed", exc) from None
-        return self.outgoing()
+        # One write is one record (at most 16 KB): a datagram of its own, nothing to pack.
+        sealed = self._drain()
+        return [sealed] if sealed else []
 
     def close_notify(self) -> list[bytes]:
         """A close_notify alert to send (nothing if the handshake never finished)."""
