@@ -41,12 +41,15 @@ def default_config(pki: PKI, **kwargs: Any) -> DTLSServerConfig:
 
 @asynccontextmanager
 async def lossy_relay(
-    target_port: int, drop: Callable[[int, bytes], bool]
+    target_port: int,
+    drop: Callable[[int, bytes], bool],
+    drop_back: Callable[[int, bytes], bool] = lambda index, data: False,
 ) -> AsyncGenerator[tuple[int, list[bytes]]]:
     """A UDP relay to ``127.0.0.1:target_port`` for one client.
 
-    ``drop(n, data)`` decides whether the n-th datagram from the client (from 0) is lost.
-    Yields the relay's port and the list of what the client sent.
+    ``drop(n, data)`` decides whether the n-th datagram from the client (from 0) is lost,
+    ``drop_back`` the same for the server's. Yields the relay's port and the list of what the
+    client sent.
     """
     outer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     inner = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -55,6 +58,7 @@ async def lossy_relay(
     outer.setblocking(False)
     inner.setblocking(False)
     seen: list[bytes] = []
+    back: list[bytes] = []
     client: list[Any] = []
 
     async def forward() -> None:
@@ -74,7 +78,9 @@ async def lossy_relay(
                 data = inner.recv(65536)
             except ConnectionRefusedError:
                 continue
-            if client:
+            index = len(back)
+            back.append(data)
+            if client and not drop_back(index, data):
                 outer.sendto(data, client[0])
 
     try:

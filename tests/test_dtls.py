@@ -11,7 +11,13 @@ import anyio
 import pytest
 from OpenSSL import SSL
 
-from anydgram import DatagramProtocol, DatagramRequest, DatagramServer, open_udp_endpoint
+from anydgram import (
+    DatagramProtocol,
+    DatagramRequest,
+    DatagramServer,
+    RateLimit,
+    open_udp_endpoint,
+)
 from anydgram.dtls import (
     DTLSClient,
     DTLSError,
@@ -176,6 +182,64 @@ async def test_lost_flights_are_retransmitted(pki: PKI) -> None:
         assert seen[1][13:] == seen[2][13:]
         assert seen[1][3:11] != seen[2][3:11]
         assert server.statistics().dtls_handshakes == 1
+
+
+async def test_a_lost_server_flight_is_sent_again(pki: PKI) -> None:
+    # The server's first flight after the cookie (ServerHello to ServerHelloDone, datagram 1
+    # back; datagram 0 is the HelloVerifyRequest) is lost.
+    async with (
+        echo_server(default_config(pki)) as (server, port),
+        lossy_relay(port, lambda i, d: False, lambda index, data: index == 1) as (relay, _),
+    ):
+        with anyio.fail_after(8):
+            client = await connect_dtls("127.0.0.1", relay, trusting(pki))
+        async with client:
+            assert await client.request(b"y", timeout=2) == b"Y"
+        assert server.statistics().dtls_handshakes == 1
+
+
+async def test_server_drops_a_handshake_that_stalls(pki: PKI) -> None:
+    config = default_config(pki, handshake_timeout=0.3)
+    async with (
+        echo_server(config) as (server, port),
+        await open_udp_endpoint("127.0.0.1") as peer,
+    ):
+        # A client that echoes the cookie, then never answers the server's flight.
+        association = Association(client_context(verify=False), mtu=1200, server=False)
+        association.handshake()
+        await peer.send_packet(association.outgoing()[0], ("127.0.0.1", port))
+        with anyio.fail_after(5):
+            hello_verify_request, _ = await peer.recv_packet()
+        association.feed_untrusted(hello_verify_request)
+        association.handshake()
+        await peer.send_packet(association.outgoing()[0], ("127.0.0.1", port))
+        with anyio.fail_after(5):
+            await peer.recv_packet()  # the server's flight: it has a session now
+        assert server.statistics().dtls_sessions == 1
+        await wait_until(lambda: server.statistics().dtls_sessions == 0, "handshake timeout")
+        stats = server.statistics()
+        assert (stats.dtls_handshakes, stats.dtls_handshake_failures) == (0, 1)
+
+
+async def test_rate_limit_and_amplification_cap_apply(pki: PKI) -> None:
+    async with echo_server(
+        default_config(pki), rate_limit=RateLimit(1000, 100), amplification_factor=2
+    ) as (server, port):
+        async with await connect_dtls("127.0.0.1", port, trusting(pki)) as client:
+            assert await client.request(b"fine", timeout=2) == b"FINE"
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as noisy:
+            for _ in range(150):
+                noisy.sendto(b"junk", ("127.0.0.1", port))
+
+        def screened() -> int:
+            stats = server.statistics()
+            return stats.rate_limited + stats.dtls_records_dropped
+
+        # Each junk datagram is either over the limit (before decryption) or not DTLS.
+        await wait_until(lambda: screened() >= 150, "the junk screened")
+        stats = server.statistics()
+        assert stats.rate_limited > 0
+        assert stats.amplification_dropped == 0
 
 
 async def test_mutual_authentication(pki: PKI) -> None:

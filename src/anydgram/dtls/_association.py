@@ -46,7 +46,7 @@ class Association:
         server_hostname: str | None = None,
     ) -> None:
         conn = self._conn = SSL.Connection(context, None)
-        self.mtu = mtu
+        self.mtu: int = mtu
         conn.set_ciphertext_mtu(mtu)
         self._hostname = server_hostname
         self._hostname_failed = False
@@ -58,11 +58,11 @@ class Association:
                 if context.get_verify_mode() & SSL.VERIFY_PEER:
                     conn.set_verify(context.get_verify_mode(), self._verify)
             conn.set_connect_state()
-        self.established = False
-        self.closed_by_peer = False
+        self.established: bool = False
+        self.closed_by_peer: bool = False
         #: Records that did not authenticate or were replays (or datagrams that were not
         #: records at all), dropped here.
-        self.records_dropped = 0
+        self.records_dropped: int = 0
 
     def _verify(
         self, conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, preverified: int

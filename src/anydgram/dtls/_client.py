@@ -57,7 +57,7 @@ class DTLSSocketIO(SocketIO):
 
     def __init__(self, sock: socket.socket, association: Association, max_datagram_size: int):
         super().__init__(sock, max_datagram_size=max_datagram_size, connected=True)
-        self.association = association
+        self.association: Association = association
         #: Plaintexts opened but not yet returned (one datagram may carry several records).
         self._plain: deque[bytes] = deque()
 

@@ -42,7 +42,7 @@ class ThreadedDTLSSocketIO(ThreadedSocketIO):
 
     def __init__(self, sock: socket.socket, association: Association, max_datagram_size: int):
         super().__init__(sock, max_datagram_size=max_datagram_size, connected=True)
-        self.association = association
+        self.association: Association = association
         self._plain: deque[bytes] = deque()
         self._tls_lock = threading.Lock()
 
