@@ -18,6 +18,7 @@ from anydgram import (
     RateLimit,
     open_udp_endpoint,
 )
+from anydgram._socket_io import SocketIO
 from anydgram.dtls import (
     DTLSClient,
     DTLSError,
@@ -317,6 +318,35 @@ async def test_garbage_and_replays_are_dropped_and_counted(pki: PKI) -> None:
     stats = server.statistics()
     assert stats.dtls_records_dropped == 4
     assert stats.handler_errors == 0
+
+
+async def test_a_late_copy_of_the_hello_does_not_reset_the_session(pki: PKI) -> None:
+    async with (
+        echo_server(default_config(pki)) as (server, port),
+        lossy_relay(port, lambda index, data: False) as (relay, seen),
+        await connect_dtls("127.0.0.1", relay, trusting(pki)) as client,
+    ):
+        assert await client.request(b"one", timeout=2) == b"ONE"
+        client._dtls.send_nowait(seen[1], None)  # the hello with the cookie, again
+        assert await client.request(b"two", timeout=2) == b"TWO"
+        stats = server.statistics()
+        assert (stats.dtls_handshakes, stats.dtls_sessions) == (1, 1)
+        assert stats.dtls_records_dropped == 1
+
+
+async def test_a_restarted_client_gets_a_new_session(pki: PKI) -> None:
+    async with echo_server(default_config(pki)) as (server, port):
+        first = await connect_dtls("127.0.0.1", port, trusting(pki))
+        assert await first.request(b"a", timeout=2) == b"A"
+        local = first.local_address
+        assert isinstance(local, tuple)
+        await SocketIO.aclose(first._dtls)  # gone without a close_notify, as in a crash
+        async with await connect_dtls(
+            "127.0.0.1", port, trusting(pki), local_address=("127.0.0.1", local[1])
+        ) as second:
+            assert await second.request(b"b", timeout=2) == b"B"
+            stats = server.statistics()
+            assert (stats.dtls_handshakes, stats.dtls_sessions) == (2, 1)
 
 
 async def test_session_table_is_bounded_lru(pki: PKI) -> None:

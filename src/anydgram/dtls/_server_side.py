@@ -24,7 +24,12 @@ from .._io_core import Received, ReplySource
 from ._association import Association
 from ._client import check_handshake_timeout
 from ._contexts import DTLSError, check_context, prepare_context
-from ._records import CookieJar, hello_verify_request, parse_client_hello_untrusted
+from ._records import (
+    ClientHello,
+    CookieJar,
+    hello_verify_request,
+    parse_client_hello_untrusted,
+)
 
 if TYPE_CHECKING:
     from .._logging import RateLimitedLog
@@ -65,7 +70,7 @@ class DTLSServerConfig:
 
 
 class _Session:
-    __slots__ = ("address", "association", "last_seen", "source", "started", "transport")
+    __slots__ = ("address", "association", "hello", "last_seen", "source", "started", "transport")
 
     def __init__(
         self,
@@ -74,8 +79,11 @@ class _Session:
         transport: SocketIO,
         source: ReplySource | None,
         now: float,
+        hello: ClientHello,
     ) -> None:
         self.association = association
+        #: The hello that opened it: the same one again is a late duplicate, not a restart.
+        self.hello = hello
         self.address = address
         self.transport = transport
         self.source = source
@@ -119,30 +127,58 @@ class DTLSServerSide:
 
     def unseal_batch(self, transport: SocketIO, batch: list[Received]) -> list[Received]:
         """Handle a batch of encrypted datagrams; the plaintexts handlers should see."""
-        sessions = self._sessions
         opened: list[Received] = []
         now = time.monotonic()
         for data, address, source in batch:
-            session = sessions.get(address)
-            if session is None or (session.association.established and _is_hello(data)):
-                # Unknown peer, or a peer that starts over (a restarted client): the cookie
-                # exchange first, whatever state it had.
-                self._hello_untrusted(transport, data, address, source, now)
-                continue
-            sessions.move_to_end(address)
-            session.last_seen = now
-            association = session.association
-            dropped_before = association.records_dropped
-            plaintexts = association.feed_untrusted(data)
-            self.dropped += association.records_dropped - dropped_before
-            if not association.established:
-                self._advance(session)
-            else:
-                _send_all(session, association.outgoing())  # a retransmitted final flight
-            opened.extend((plaintext, address, source) for plaintext in plaintexts)
-            if association.closed_by_peer:
+            try:
+                self._one_untrusted(transport, data, address, source, now, opened)
+            except Exception as exc:  # a bug here must not stop the server: count, log, go on
+                self.dropped += 1
                 self._forget(address)
+                self._log.log(
+                    "dtls",
+                    logging.ERROR,
+                    "DTLS datagram from %s dropped",
+                    format_address(address),
+                    exc_info=exc,
+                    peer=address,
+                )
         return opened
+
+    def _one_untrusted(
+        self,
+        transport: SocketIO,
+        data: bytes,
+        address: Any,
+        source: ReplySource | None,
+        now: float,
+        opened: list[Received],
+    ) -> None:
+        sessions = self._sessions
+        session = sessions.get(address)
+        if session is not None and session.association.established and _is_hello(data):
+            hello = parse_client_hello_untrusted(data)
+            if hello is not None and hello.fingerprint == session.hello.fingerprint:
+                self.dropped += 1  # a late copy of the hello that opened the session
+                return
+            session = None  # a peer that starts over (a restarted client)
+        if session is None:
+            # The cookie exchange first, whatever state the peer had.
+            self._hello_untrusted(transport, data, address, source, now)
+            return
+        sessions.move_to_end(address)
+        session.last_seen = now
+        association = session.association
+        dropped_before = association.records_dropped
+        plaintexts = association.feed_untrusted(data)
+        self.dropped += association.records_dropped - dropped_before
+        if not association.established:
+            self._advance(session)
+        else:
+            _send_all(session, association.outgoing())  # a retransmitted final flight
+        opened.extend((plaintext, address, source) for plaintext in plaintexts)
+        if association.closed_by_peer:
+            self._forget(address)
 
     def _hello_untrusted(
         self,
@@ -171,7 +207,7 @@ class DTLSServerSide:
         if len(self._sessions) >= self._config.max_sessions:
             self._evict()
         association = Association(self._context, mtu=self._mtu, server=True)
-        session = _Session(association, address, transport, source, now)
+        session = _Session(association, address, transport, source, now, hello)
         try:
             association.listen(data)
         except DTLSError as exc:
