@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -411,3 +413,20 @@ async def test_bad_arguments(pki: PKI, tmp_path: Path) -> None:
         await connect_dtls("127.0.0.1", 1, trusting(pki), handshake_timeout=0)
     with pytest.raises(ValueError, match="cafile"):
         server_context(pki.server.certfile, pki.server.keyfile, require_client_certificate=True)
+
+
+def test_a_missing_extra_names_it() -> None:
+    code = (
+        "import sys; sys.modules['OpenSSL'] = None\n"
+        "import anydgram\n"
+        "async def h(r): pass\n"
+        "try:\n"
+        "    anydgram.DatagramServer('127.0.0.1', 0, h, dtls=object())\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "pip install 'anydgram[dtls]'" in result.stdout

@@ -7,6 +7,15 @@
 
 from __future__ import annotations
 
+import importlib as _importlib
+
+try:
+    _importlib.import_module("OpenSSL.SSL")
+except ImportError as _exc:  # say which extra, not just which module, is missing
+    raise ImportError(
+        "anydgram.dtls needs pyOpenSSL and cryptography: pip install 'anydgram[dtls]'"
+    ) from _exc
+
 from ._client import DTLSClient as DTLSClient
 from ._client import connect_dtls as connect_dtls
 from ._contexts import DTLSError as DTLSError
