@@ -18,7 +18,7 @@ from OpenSSL import SSL
 
 from .._endpoint import DatagramClient
 from .._errors import DatagramTooLargeError
-from .._io_core import MAX_BATCH, Received, ReplySource
+from .._io_core import MAX_BATCH, BoundPath, Received, ReplySource
 from .._open_endpoint import check_host, check_port, connect_first
 from .._protocol import DatagramProtocol, RecvT, SendT, default_protocol
 from .._socket_io import SocketIO
@@ -186,6 +186,16 @@ class DTLSClient(DatagramClient[SendT, RecvT]):
     def __init__(self, io: DTLSSocketIO, protocol: DatagramProtocol[SendT, RecvT]) -> None:
         super().__init__(io, protocol)
         self._dtls = io
+
+    @classmethod
+    def _adopt(
+        cls,
+        sock: socket.socket,
+        protocol: DatagramProtocol[Any, Any] | None,
+        unlink_path: BoundPath | None = None,
+    ) -> DatagramClient[Any, Any]:
+        # from_socket() would hand back a plain client: a handshake needs connect_dtls().
+        raise TypeError("a DTLSClient is made by connect_dtls(), not from a socket")
 
     @property
     def peer_certificate(self) -> x509.Certificate | None:

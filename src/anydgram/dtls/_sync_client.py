@@ -238,6 +238,16 @@ class SyncDTLSClient(SyncDatagramClient[SendT, RecvT]):
         self._parse_lock = threading.Lock()
         self._requests = ThreadedRequests(io, self._parse, keyed=False)
 
+    def _setup(
+        self,
+        sock: socket.socket,
+        protocol: DatagramProtocol[Any, Any] | None,
+        *,
+        connected: bool,
+    ) -> None:
+        # from_socket() would make a client with no association: the constructor handshakes.
+        raise TypeError("a SyncDTLSClient is made by its constructor, not from a socket")
+
     @property
     def peer_certificate(self) -> x509.Certificate | None:
         """The server's certificate (verified, unless the context does not verify)."""
