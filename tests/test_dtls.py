@@ -429,12 +429,30 @@ async def test_bad_arguments(pki: PKI, tmp_path: Path) -> None:
         await connect_dtls("127.0.0.1", 1, trusting(pki), handshake_timeout=0)
     with pytest.raises(ValueError, match="cafile"):
         server_context(pki.server.certfile, pki.server.keyfile, require_client_certificate=True)
+    with pytest.raises(ValueError, match="not a DTLS"):
+        await connect_dtls("127.0.0.1", 9, SSL.Context(SSL.TLS_CLIENT_METHOD))
+    with pytest.raises(ValueError, match="not a DTLS"):
+        DatagramServer("127.0.0.1", 0, same_echo, dtls=SSL.Context(SSL.TLS_METHOD))
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.connect(("127.0.0.1", 9))
         with pytest.raises(TypeError, match="connect_dtls"):
             DTLSClient.from_socket(sock)
         with pytest.raises(TypeError, match="constructor"):
             SyncDTLSClient.from_socket(sock)
+
+
+async def test_contexts_are_reusable(pki: PKI) -> None:
+    client_ctx = trusting(pki)
+    server_ctx = server_context(pki.server.certfile, pki.server.keyfile)
+    for _ in range(2):  # a context serves server after server, client after client
+        async with echo_server(server_ctx) as (_, port):
+            for _ in range(2):
+                async with await connect_dtls("127.0.0.1", port, client_ctx) as client:
+                    assert await client.request(b"again", timeout=2) == b"AGAIN"
+    used = server_context(pki.server.certfile, pki.server.keyfile)
+    SSL.Connection(used, None)
+    with pytest.raises(ValueError, match="context of its own"):
+        DatagramServer("127.0.0.1", 0, same_echo, dtls=used)
 
 
 async def test_server_initiated_sends_are_encrypted(pki: PKI) -> None:

@@ -13,7 +13,7 @@ from typing import Final
 from cryptography import x509
 from OpenSSL import SSL, crypto
 
-from ._contexts import DTLSError, error_from_ssl, hostname_matches
+from ._contexts import DTLSError, error_from_ssl, hostname_matches, prepare_connection
 from ._records import APPLICATION_DATA, pack_records, record_types_untrusted
 
 __all__ = ("MAX_RECORD_PLAINTEXT", "Association")
@@ -45,7 +45,9 @@ class Association:
         server: bool,
         server_hostname: str | None = None,
     ) -> None:
+        """Make the connection (``ValueError`` if ``context`` is not a DTLS one)."""
         conn = self._conn = SSL.Connection(context, None)
+        prepare_connection(conn)
         self.mtu: int = mtu
         conn.set_ciphertext_mtu(mtu)
         self._hostname = server_hostname

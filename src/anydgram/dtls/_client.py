@@ -24,7 +24,7 @@ from .._protocol import DatagramProtocol, RecvT, SendT, default_protocol
 from .._socket_io import SocketIO
 from .._statistics import EndpointStatistics
 from ._association import MAX_RECORD_PLAINTEXT, Association
-from ._contexts import DTLSError, check_context, prepare_context
+from ._contexts import DTLSError, check_context
 
 __all__ = ("DTLSClient", "DTLSSocketIO", "check_handshake_timeout", "connect_dtls")
 
@@ -292,7 +292,6 @@ async def connect_dtls(
         recv_buffer_size=None,
         send_buffer_size=None,
     )
-    prepare_context(context)
     try:
         association = Association(
             context,

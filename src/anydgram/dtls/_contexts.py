@@ -15,7 +15,7 @@ __all__ = (
     "client_context",
     "error_from_ssl",
     "hostname_matches",
-    "prepare_context",
+    "prepare_connection",
     "server_context",
 )
 
@@ -157,9 +157,18 @@ def check_context(context: object) -> SSL.Context:
     return context
 
 
-def prepare_context(context: SSL.Context) -> None:
-    """Set what a memory-BIO DTLS connection needs on any context a caller made."""
-    context.set_options(SSL.OP_NO_QUERY_MTU | SSL.OP_NO_RENEGOTIATION)
+def prepare_connection(conn: SSL.Connection) -> None:
+    """Check ``conn`` speaks DTLS and set what a memory-BIO DTLS connection needs.
+
+    Per connection, not per context: pyOpenSSL freezes a context once a connection was made
+    from it, and a caller's context may be used for many.
+
+    Raises:
+        ValueError: The context is a TLS one: it would put TLS records on UDP.
+    """
+    if not conn.get_protocol_version_name().startswith("DTLS"):
+        raise ValueError("the context is not a DTLS one (make it with SSL.DTLS_METHOD)")
+    conn.set_options(SSL.OP_NO_QUERY_MTU | SSL.OP_NO_RENEGOTIATION)
 
 
 def hostname_matches(certificate: x509.Certificate, hostname: str) -> bool:

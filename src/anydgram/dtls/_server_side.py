@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
@@ -23,7 +24,7 @@ from .._address import format_address
 from .._io_core import Received, ReplySource
 from ._association import Association
 from ._client import check_handshake_timeout
-from ._contexts import DTLSError, check_context, prepare_context
+from ._contexts import DTLSError, check_context, prepare_connection
 from ._records import (
     ClientHello,
     CookieJar,
@@ -104,11 +105,7 @@ class DTLSServerSide:
 
     def __init__(self, config: DTLSServerConfig, mtu: int, log: RateLimitedLog) -> None:
         context = config.ssl_context
-        prepare_context(context)
-        # The cookie is checked here, before OpenSSL sees the hello; DTLSv1_listen() only
-        # needs callbacks to exist (and never generates a cookie of its own).
-        context.set_cookie_verify_callback(lambda conn, cookie: True)
-        context.set_cookie_generate_callback(lambda conn: b"")
+        _prepare_server_context(context)
         self._context = context
         self._config = config
         self._mtu = mtu
@@ -321,6 +318,33 @@ class DTLSServerSide:
             "dtls_sessions": len(self._sessions),
             "dtls_records_dropped": self.dropped,
         }
+
+
+#: The contexts whose cookie callbacks are set (they are shared by every server using one).
+_PREPARED: weakref.WeakSet[SSL.Context] = weakref.WeakSet()
+
+
+def _prepare_server_context(context: SSL.Context) -> None:
+    """Set the cookie callbacks ``DTLSv1_listen()`` needs, then check it is DTLS.
+
+    The cookie is checked before OpenSSL sees a hello; the callbacks only need to exist (and
+    OpenSSL never makes a cookie of its own).
+
+    Raises:
+        ValueError: A connection was made from ``context`` already (pyOpenSSL then refuses
+            changes), or it is not a DTLS context.
+    """
+    if context not in _PREPARED:
+        try:
+            context.set_cookie_verify_callback(lambda conn, cookie: True)
+            context.set_cookie_generate_callback(lambda conn: b"")
+        except ValueError:
+            raise ValueError(
+                "the server's context was already used for a connection, so its cookie "
+                "callbacks cannot be set: give the server a context of its own"
+            ) from None
+        _PREPARED.add(context)
+    prepare_connection(SSL.Connection(context, None))
 
 
 def _is_hello(data: bytes) -> bool:

@@ -27,7 +27,7 @@ from .._sync import SyncDatagramClient, getaddrinfo
 from .._sync_socket import ThreadedSocketIO
 from ._association import MAX_RECORD_PLAINTEXT, Association
 from ._client import check_handshake_timeout, peer_closed
-from ._contexts import DTLSError, check_context, prepare_context
+from ._contexts import DTLSError, check_context
 
 __all__ = ("SyncDTLSClient",)
 
@@ -215,7 +215,6 @@ class SyncDTLSClient(SyncDatagramClient[SendT, RecvT]):
             send_buffer_size=None,
         )
         try:
-            prepare_context(context)
             association = Association(
                 context,
                 mtu=proto.max_datagram_size,
