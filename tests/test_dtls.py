@@ -188,6 +188,17 @@ async def test_handshake_timeout_against_a_silent_peer() -> None:
         assert silent.recv(65536)[0] == 22  # it did send a ClientHello
 
 
+async def test_no_server_at_all_fails_fast() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    started = anyio.current_time()
+    # The kernel's ICMP port unreachable ends the handshake: no need to wait for the timeout.
+    with pytest.raises(DTLSError, match="refused"):
+        await connect_dtls("127.0.0.1", port, client_context(verify=False), handshake_timeout=5)
+    assert anyio.current_time() - started < 2
+
+
 async def test_lost_flights_are_retransmitted(pki: PKI) -> None:
     # The client's second ClientHello (the one with the cookie) is lost: OpenSSL's timer
     # (RFC 6347: 1 s first) sends it again.

@@ -97,6 +97,11 @@ def test_failures_are_dtls_errors(
         )
     with pytest.raises(DTLSError, match="certificate verify failed"):
         SyncDTLSClient("127.0.0.1", port, client_context(cafile=pki.other_cafile))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    with pytest.raises(DTLSError, match="refused"):
+        SyncDTLSClient("127.0.0.1", closed_port, client_context(verify=False), handshake_timeout=5)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
         silent.bind(("127.0.0.1", 0))
         with pytest.raises(DTLSError, match="timed out"):
