@@ -237,7 +237,8 @@ class DatagramServer(Generic[SendT, RecvT]):
             network=cast("ServerNetwork | None", network),
             reuse_port=bool(reuse_port),
             recv_buffer_size=recv_buffer_size,
-            max_datagram_size=self._protocol.max_datagram_size,
+            max_datagram_size=self._protocol.max_datagram_size
+            + (0 if self._security is None else self._security.overhead),
             pool=self._pool,
             replies=self._replies,
             log=self._log,

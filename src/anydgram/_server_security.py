@@ -19,6 +19,9 @@ __all__ = ("ServerSecurity", "make_security", "seal_for_send")
 class ServerSecurity(Protocol):
     """What a server's encryption layer does for the intake, the replies and the life cycle."""
 
+    #: Bytes a datagram may carry above the protocol's ``max_datagram_size`` (encryption).
+    overhead: int
+
     def unseal_batch(self, transport: SocketIO, batch: list[Received]) -> list[Received]:
         """Handle a received batch; the plaintexts handlers should see."""
         ...

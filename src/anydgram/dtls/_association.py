@@ -16,10 +16,15 @@ from OpenSSL import SSL, crypto
 from ._contexts import DTLSError, error_from_ssl, hostname_matches, prepare_connection
 from ._records import APPLICATION_DATA, pack_records, record_types_untrusted
 
-__all__ = ("MAX_RECORD_PLAINTEXT", "Association")
+__all__ = ("MAX_RECORD_OVERHEAD", "MAX_RECORD_PLAINTEXT", "Association")
 
 #: The largest plaintext one DTLS record carries (TLS's 2**14).
 MAX_RECORD_PLAINTEXT: Final = 1 << 14
+#: What a record adds to its plaintext, bounded: a 13-byte header, then an explicit IV or
+#: nonce, a tag or MAC and (CBC) padding: under 100 bytes with any DTLS 1.2 suite. Receive
+#: buffers get this much room above ``max_datagram_size``, so a packet of the protocol's
+#: largest size still arrives.
+MAX_RECORD_OVERHEAD: Final = 256
 #: What one read of OpenSSL's output buffer takes (any size works; this is a flight's worth).
 _READ_SIZE: Final = 1 << 16
 

@@ -22,7 +22,7 @@ from OpenSSL import SSL
 
 from .._address import format_address
 from .._io_core import Received, ReplySource
-from ._association import Association
+from ._association import MAX_RECORD_OVERHEAD, Association
 from ._client import check_handshake_timeout
 from ._contexts import DTLSError, check_context, prepare_connection
 from ._records import (
@@ -109,6 +109,7 @@ class DTLSServerSide:
         self._context = context
         self._config = config
         self._mtu = mtu
+        self.overhead: int = MAX_RECORD_OVERHEAD
         self._log = log
         self._jar = CookieJar()
         #: Every session, least recently active first.
@@ -173,7 +174,11 @@ class DTLSServerSide:
             self._advance(session)
         else:
             _send_all(session, association.outgoing())  # a retransmitted final flight
-        opened.extend((plaintext, address, source) for plaintext in plaintexts)
+        for plaintext in plaintexts:
+            if len(plaintext) > self._mtu:
+                self.dropped += 1  # over the protocol's limit, as an oversize datagram would be
+            else:
+                opened.append((plaintext, address, source))
         if association.closed_by_peer:
             self._forget(address)
 
