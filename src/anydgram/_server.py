@@ -36,7 +36,7 @@ from ._server_args import check_grace_period, check_server_arguments
 from ._server_intake import Intake
 from ._server_life import Lifecycle
 from ._server_request import DatagramRequest, Replies
-from ._server_security import make_security, seal_for_send
+from ._server_security import datagram_room, make_security, seal_for_send
 from ._server_sockets import check_hosts
 from ._socket_io import SocketProxy
 from ._statistics import ServerStatistics
@@ -237,8 +237,7 @@ class DatagramServer(Generic[SendT, RecvT]):
             network=cast("ServerNetwork | None", network),
             reuse_port=bool(reuse_port),
             recv_buffer_size=recv_buffer_size,
-            max_datagram_size=self._protocol.max_datagram_size
-            + (0 if self._security is None else self._security.overhead),
+            max_datagram_size=datagram_room(self._security, self._protocol.max_datagram_size),
             pool=self._pool,
             replies=self._replies,
             log=self._log,

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from ._logging import RateLimitedLog
     from ._socket_io import SocketIO
 
-__all__ = ("ServerSecurity", "make_security", "seal_for_send")
+__all__ = ("ServerSecurity", "datagram_room", "make_security", "seal_for_send")
 
 
 class ServerSecurity(Protocol):
@@ -72,3 +72,8 @@ def seal_for_send(security: ServerSecurity | None, address: Any, data: bytes) ->
     if sealed is None:
         raise ValueError(f"no DTLS session with {address!r}")
     return sealed
+
+
+def datagram_room(security: ServerSecurity | None, max_datagram_size: int) -> int:
+    """The longest datagram a server's sockets take: the protocol's, plus encryption's."""
+    return max_datagram_size if security is None else max_datagram_size + security.overhead
