@@ -31,7 +31,7 @@ from anydgram.dtls import (
     server_context,
 )
 from anydgram.dtls._association import Association
-from anydgram.serializers import JSONSerializer
+from anydgram.serializers import BytesSerializer, JSONSerializer
 from dtls_harness import PKI, default_config, echo_server, lossy_relay, make_pki
 
 
@@ -147,6 +147,25 @@ async def test_handshake_flights_fit_the_protocols_datagram_size(pki: PKI) -> No
     # datagrams each way carry the 400-byte packet and its encryption.)
     assert max(sizes[:-2] + back[:-2]) <= 400
     assert len(back) >= 3
+
+
+async def test_server_drops_plaintexts_over_its_protocols_limit(pki: PKI) -> None:
+    got: list[bytes] = []
+
+    async def handler(request: DatagramRequest[bytes, bytes]) -> None:
+        got.append(request.packet)
+        await request.respond(b"ok")
+
+    small = DatagramProtocol(BytesSerializer(), max_datagram_size=100)
+    server = DatagramServer("127.0.0.1", 0, handler, protocol=small, dtls=default_config(pki))
+    async with (
+        server.serving() as addresses,
+        await connect_dtls("127.0.0.1", addresses[0][1], trusting(pki)) as client,
+    ):
+        await client.send_packet(b"x" * 101)
+        assert await client.request(b"y" * 100, timeout=2) == b"ok"
+        assert server.statistics().dtls_records_dropped == 1
+    assert got == [b"y" * 100]
 
 
 async def test_wrong_host_name_is_refused(pki: PKI) -> None:

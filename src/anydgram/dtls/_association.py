@@ -16,7 +16,13 @@ from OpenSSL import SSL, crypto
 from ._contexts import DTLSError, error_from_ssl, hostname_matches, prepare_connection
 from ._records import APPLICATION_DATA, pack_records, record_types_untrusted
 
-__all__ = ("MAX_RECORD_OVERHEAD", "MAX_RECORD_PLAINTEXT", "Association")
+__all__ = (
+    "MAX_RECORD_OVERHEAD",
+    "MAX_RECORD_PLAINTEXT",
+    "Association",
+    "flight_mtu",
+    "receive_room",
+)
 
 #: The largest plaintext one DTLS record carries (TLS's 2**14).
 MAX_RECORD_PLAINTEXT: Final = 1 << 14
@@ -25,6 +31,25 @@ MAX_RECORD_PLAINTEXT: Final = 1 << 14
 #: buffers get this much room above ``max_datagram_size``, so a packet of the protocol's
 #: largest size still arrives.
 MAX_RECORD_OVERHEAD: Final = 256
+#: OpenSSL cannot fragment a handshake into datagrams smaller than this (it fails the
+#: handshake instead), whatever the protocol's ``max_datagram_size``.
+MIN_MTU: Final = 256
+
+
+def flight_mtu(max_datagram_size: int) -> int:
+    """The MTU handshake flights are fragmented to: the protocol's limit, within OpenSSL's."""
+    return max(max_datagram_size, MIN_MTU)
+
+
+def receive_room(max_datagram_size: int) -> int:
+    """How long a received DTLS datagram may be.
+
+    A full record with its encryption, at least: a peer's handshake datagrams follow *its*
+    MTU, not ours, and a packet of our largest size grows by its encryption.
+    """
+    return max(max_datagram_size, MAX_RECORD_PLAINTEXT) + MAX_RECORD_OVERHEAD
+
+
 #: What one read of OpenSSL's output buffer takes (any size works; this is a flight's worth).
 _READ_SIZE: Final = 1 << 16
 

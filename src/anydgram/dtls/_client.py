@@ -23,7 +23,7 @@ from .._open_endpoint import check_host, check_port, connect_first
 from .._protocol import DatagramProtocol, RecvT, SendT, default_protocol
 from .._socket_io import SocketIO
 from .._statistics import EndpointStatistics
-from ._association import MAX_RECORD_OVERHEAD, MAX_RECORD_PLAINTEXT, Association
+from ._association import MAX_RECORD_PLAINTEXT, Association, flight_mtu, receive_room
 from ._contexts import DTLSError, check_context
 
 __all__ = ("DTLSClient", "DTLSSocketIO", "check_handshake_timeout", "connect_dtls")
@@ -56,8 +56,7 @@ class DTLSSocketIO(SocketIO):
     __slots__ = ("_plain", "association")
 
     def __init__(self, sock: socket.socket, association: Association, max_datagram_size: int):
-        room = max_datagram_size + MAX_RECORD_OVERHEAD  # the packet plus its encryption
-        super().__init__(sock, max_datagram_size=room, connected=True)
+        super().__init__(sock, max_datagram_size=receive_room(max_datagram_size), connected=True)
         self.association: Association = association
         #: Plaintexts opened but not yet returned (one datagram may carry several records).
         self._plain: deque[bytes] = deque()
@@ -296,7 +295,7 @@ async def connect_dtls(
     try:
         association = Association(
             context,
-            mtu=proto.max_datagram_size,
+            mtu=flight_mtu(proto.max_datagram_size),
             server=False,
             server_hostname=host if server_hostname is None else server_hostname,
         )

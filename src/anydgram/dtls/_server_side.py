@@ -22,7 +22,7 @@ from OpenSSL import SSL
 
 from .._address import format_address
 from .._io_core import Received, ReplySource
-from ._association import MAX_RECORD_OVERHEAD, Association
+from ._association import Association, flight_mtu, receive_room
 from ._client import check_handshake_timeout
 from ._contexts import DTLSError, check_context, prepare_connection
 from ._records import (
@@ -108,8 +108,10 @@ class DTLSServerSide:
         _prepare_server_context(context)
         self._context = context
         self._config = config
-        self._mtu = mtu
-        self.overhead: int = MAX_RECORD_OVERHEAD
+        #: The protocol's limit: longer plaintexts are dropped.
+        self._limit = mtu
+        self._mtu = flight_mtu(mtu)
+        self.overhead: int = receive_room(mtu) - mtu
         self._log = log
         self._jar = CookieJar()
         #: Every session, least recently active first.
@@ -175,7 +177,7 @@ class DTLSServerSide:
         else:
             _send_all(session, association.outgoing())  # a retransmitted final flight
         for plaintext in plaintexts:
-            if len(plaintext) > self._mtu:
+            if len(plaintext) > self._limit:
                 self.dropped += 1  # over the protocol's limit, as an oversize datagram would be
             else:
                 opened.append((plaintext, address, source))

@@ -25,7 +25,7 @@ from .._protocol import DatagramProtocol, RecvT, SendT, default_protocol
 from .._statistics import EndpointStatistics
 from .._sync import SyncDatagramClient, getaddrinfo
 from .._sync_socket import ThreadedSocketIO
-from ._association import MAX_RECORD_OVERHEAD, MAX_RECORD_PLAINTEXT, Association
+from ._association import MAX_RECORD_PLAINTEXT, Association, flight_mtu, receive_room
 from ._client import check_handshake_timeout, peer_closed
 from ._contexts import DTLSError, check_context
 
@@ -41,8 +41,7 @@ class ThreadedDTLSSocketIO(ThreadedSocketIO):
     __slots__ = ("_plain", "_tls_lock", "association")
 
     def __init__(self, sock: socket.socket, association: Association, max_datagram_size: int):
-        room = max_datagram_size + MAX_RECORD_OVERHEAD  # the packet plus its encryption
-        super().__init__(sock, max_datagram_size=room, connected=True)
+        super().__init__(sock, max_datagram_size=receive_room(max_datagram_size), connected=True)
         self.association: Association = association
         self._plain: deque[bytes] = deque()
         self._tls_lock = threading.Lock()
@@ -218,7 +217,7 @@ class SyncDTLSClient(SyncDatagramClient[SendT, RecvT]):
         try:
             association = Association(
                 context,
-                mtu=proto.max_datagram_size,
+                mtu=flight_mtu(proto.max_datagram_size),
                 server=False,
                 server_hostname=host if server_hostname is None else server_hostname,
             )
