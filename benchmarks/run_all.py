@@ -1,7 +1,7 @@
 """The whole benchmark suite in one run: echo servers, clients, serializers; report and chart.
 
-Runs ``server_echo.py``, ``client_rtt.py`` and ``serializers.py`` one after the other, each in
-its own process (they pin their own children to the CPUs), then:
+Runs ``server_echo.py``, ``client_rtt.py``, ``dtls_echo.py`` and ``serializers.py`` one after
+the other, each in its own process (they pin their own children to the CPUs), then:
 
 - prints one Markdown report on stdout: the machine, then each suite's tables;
 - writes ``benchmarks/results/latest.json`` (every suite's raw results and the machine) and
@@ -85,6 +85,14 @@ SUITES = (
         budget_quick=40,
     ),
     Suite(
+        "dtls_echo",
+        "dtls_echo.py",
+        full=(),
+        quick=("--quick",),
+        budget_full=240,
+        budget_quick=90,
+    ),
+    Suite(
         "serializers",
         "serializers.py",
         full=(),
@@ -115,6 +123,8 @@ CHILD_IMPORTS = (
     "msgspec",
     "prometheus_client",
     "easynetwork",
+    "OpenSSL",
+    "cryptography",
 )
 
 

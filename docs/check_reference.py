@@ -12,7 +12,13 @@ from pathlib import Path
 
 from sphinx.util.inventory import InventoryFile
 
-NAMESPACES = ("anydgram", "anydgram.metrics", "anydgram.serializers", "anydgram.testing")
+NAMESPACES = (
+    "anydgram",
+    "anydgram.dtls",
+    "anydgram.metrics",
+    "anydgram.serializers",
+    "anydgram.testing",
+)
 
 
 def main(build_dir: str) -> int:

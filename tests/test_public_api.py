@@ -11,7 +11,13 @@ import pytest
 
 import anydgram
 
-PUBLIC_NAMESPACES = ["anydgram", "anydgram.metrics", "anydgram.serializers", "anydgram.testing"]
+PUBLIC_NAMESPACES = [
+    "anydgram",
+    "anydgram.dtls",
+    "anydgram.metrics",
+    "anydgram.serializers",
+    "anydgram.testing",
+]
 
 
 def _public_names(module: ModuleType) -> set[str]:

@@ -36,13 +36,17 @@ from ._server_args import check_grace_period, check_server_arguments
 from ._server_intake import Intake
 from ._server_life import Lifecycle
 from ._server_request import DatagramRequest, Replies
+from ._server_security import datagram_room, make_security, seal_for_send
 from ._server_sockets import check_hosts
 from ._socket_io import SocketProxy
 from ._statistics import ServerStatistics
 from ._workers import run_server
 
 if TYPE_CHECKING:
+    from OpenSSL import SSL
+
     from ._endpoint import Address, IPAddress
+    from .dtls import DTLSServerConfig
 
 __all__ = ("DatagramRequest", "DatagramServer", "Handler", "ParseErrorHandler")
 
@@ -115,6 +119,9 @@ class DatagramServer(Generic[SendT, RecvT]):
         network: An :class:`anydgram.testing.MemoryNetwork` to serve on instead of sockets
             (``host`` must then be IP address literals or ``None``; ``reuse_port`` and
             ``recv_buffer_size`` do not apply). ``None``: real sockets.
+        dtls: Serve DTLS (extra ``dtls``): an ``OpenSSL.SSL.Context`` for DTLS or an
+            :class:`anydgram.dtls.DTLSServerConfig`; handlers see decrypted packets and
+            :meth:`~DatagramRequest.respond` encrypts. ``None``: plain UDP.
 
     Raises:
         TypeError: An argument has the wrong type; ``handler`` or ``parse_error_handler`` is
@@ -140,6 +147,7 @@ class DatagramServer(Generic[SendT, RecvT]):
         log_budget: LogBudget | None = None,
         parse_error_handler: ParseErrorHandler[bytes] | None = None,
         network: object = None,
+        dtls: SSL.Context | DTLSServerConfig | None = None,
     ) -> None: ...
     @overload
     def __init__(
@@ -158,6 +166,7 @@ class DatagramServer(Generic[SendT, RecvT]):
         log_budget: LogBudget | None = None,
         parse_error_handler: ParseErrorHandler[SendT] | None = None,
         network: object = None,
+        dtls: SSL.Context | DTLSServerConfig | None = None,
     ) -> None: ...
     def __init__(
         self,
@@ -175,6 +184,7 @@ class DatagramServer(Generic[SendT, RecvT]):
         log_budget: LogBudget | None = None,
         parse_error_handler: ParseErrorHandler[Any] | None = None,
         network: object = None,
+        dtls: SSL.Context | DTLSServerConfig | None = None,
     ) -> None:
         check_server_arguments(
             handler,
@@ -205,7 +215,8 @@ class DatagramServer(Generic[SendT, RecvT]):
         self._make_datagram = self._protocol.make_datagram
         log = logger or logging.getLogger("anydgram.server")
         self._log = RateLimitedLog(log, budget=log_budget)
-        self._replies = Replies(self._protocol, self._amplification, self._log)
+        self._security = make_security(dtls, self._protocol.max_datagram_size, self._log)
+        self._replies = Replies(self._protocol, self._amplification, self._log, self._security)
         self._intake = Intake(
             self,
             self._protocol,
@@ -214,6 +225,7 @@ class DatagramServer(Generic[SendT, RecvT]):
             rate_limiter=self._rate_limiter,
             amplification=self._amplification,
             log=self._log,
+            security=self._security,
         )
         self._pool = HandlerPool(
             handler,
@@ -229,11 +241,12 @@ class DatagramServer(Generic[SendT, RecvT]):
             network=cast("ServerNetwork | None", network),
             reuse_port=bool(reuse_port),
             recv_buffer_size=recv_buffer_size,
-            max_datagram_size=self._protocol.max_datagram_size,
+            max_datagram_size=datagram_room(self._security, self._protocol.max_datagram_size),
             pool=self._pool,
             replies=self._replies,
             log=self._log,
             statistics=self.statistics,
+            security=self._security,
         )
 
     def __repr__(self) -> str:
@@ -273,6 +286,7 @@ class DatagramServer(Generic[SendT, RecvT]):
             handlers_peak=pool.peak,
             rate_limited=0 if limiter is None else limiter.limited,
             amplification_dropped=0 if amplification is None else amplification.dropped,
+            **({} if self._security is None else self._security.counters()),
         )
 
     # -- serving -------------------------------------------------------------------------------
@@ -359,7 +373,7 @@ class DatagramServer(Generic[SendT, RecvT]):
 
         Raises:
             DatagramTooLargeError: The packet is too large; nothing was sent.
-            ValueError: The server has no socket of the address's family.
+            ValueError: No socket of the address's family (with ``dtls=``: no session).
             anyio.ClosedResourceError: The server is not serving.
             OSError: The kernel refused the send (counted in the statistics as well).
         """
@@ -367,6 +381,7 @@ class DatagramServer(Generic[SendT, RecvT]):
         if self._life.state not in ("serving", "stopping"):
             raise anyio.ClosedResourceError
         transport = self._life.transport_for(address)
+        data = seal_for_send(self._security, address, data)
         amplification = self._amplification
         if amplification is not None and not amplification.may_send(source_key(address), len(data)):
             return

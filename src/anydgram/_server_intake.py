@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from ._ratelimit import AmplificationLimiter, RateLimiter
     from ._server import DatagramServer
     from ._server_request import Replies
+    from ._server_security import ServerSecurity
     from ._socket_io import SocketIO
 
 __all__ = ("Intake",)
@@ -37,6 +38,7 @@ class Intake:
         rate_limiter: RateLimiter | None,
         amplification: AmplificationLimiter | None,
         log: RateLimitedLog,
+        security: ServerSecurity | None = None,
     ) -> None:
         self._server = server
         self._parse = protocol.build_packet_from_datagram
@@ -46,6 +48,7 @@ class Intake:
         self._rate_limiter = rate_limiter
         self._amplification = amplification
         self._log = log
+        self._security = security
         #: Requests read and not yet taken by a handler, oldest first.
         self.pending: deque[DatagramRequest[Any, Any]] = deque()
         self.parse_errors = 0
@@ -57,6 +60,8 @@ class Intake:
         replies = self._replies
         if self._rate_limiter is not None or self._amplification is not None:
             batch = self._screen(batch)
+        if self._security is not None:  # DTLS: the limits above saw the encrypted datagrams
+            batch = self._security.unseal_batch(transport, batch)
         request_class = DatagramRequest
         if self._raw_limit >= 0:
             # The raw-bytes protocol's parse is the identity (the transport has already set

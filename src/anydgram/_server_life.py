@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from ._logging import RateLimitedLog
     from ._network import ServerNetwork
     from ._server_request import Replies
+    from ._server_security import ServerSecurity
     from ._socket_io import SocketIO
     from ._statistics import ServerStatistics
 
@@ -49,6 +50,7 @@ class Lifecycle:
         replies: Replies,
         log: RateLimitedLog,
         statistics: Callable[[], ServerStatistics],
+        security: ServerSecurity | None = None,
     ) -> None:
         self._hosts = hosts
         self.port = port
@@ -60,6 +62,7 @@ class Lifecycle:
         self._replies = replies
         self._log = log
         self._statistics = statistics
+        self._security = security
         self.state = "new"
         self.transports: list[SocketIO] = []
         self.addresses: tuple[Any, ...] = ()
@@ -129,6 +132,8 @@ class Lifecycle:
                         self._pool.start(tasks, transports)
                         # Suppressed-record summaries come when their interval ends.
                         tasks.start_soon(flush_periodically, self._log, name="anydgram log")
+                        if self._security is not None:
+                            tasks.start_soon(self._security.maintain, name="anydgram dtls")
                     task_status.started(self.addresses)
                     await self._stop_wakeup.wait()
                     self.state = "stopping"
@@ -137,6 +142,8 @@ class Lifecycle:
                     tasks.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
+                if self._security is not None:
+                    self._security.close_all()  # close_notify, while the sockets are open
                 recv_buffer_size = send_buffer_size = 0
                 for transport in transports:
                     self.kernel_drops_at_close += transport.kernel_drops()
@@ -251,6 +258,9 @@ def _summary(stats: ServerStatistics) -> str:
         "unread_at_close",
         "rate_limited",
         "amplification_dropped",
+        "dtls_handshakes",
+        "dtls_handshake_failures",
+        "dtls_records_dropped",
     ):
         value = getattr(stats, name)
         if value:

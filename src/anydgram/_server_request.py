@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from ._logging import RateLimitedLog
     from ._ratelimit import AmplificationLimiter
     from ._server import DatagramServer
+    from ._server_security import ServerSecurity
     from ._socket_io import SocketIO
 
 __all__ = ("DatagramRequest", "ParseErrorRequest", "Replies")
@@ -29,13 +30,22 @@ __all__ = ("DatagramRequest", "ParseErrorRequest", "Replies")
 class Replies:
     """What replying needs from a server: encoding, the amplification cap, fairness, logging."""
 
-    __slots__ = ("amplification", "checkpoint", "log", "make_datagram", "raw_limit", "ready")
+    __slots__ = (
+        "amplification",
+        "checkpoint",
+        "log",
+        "make_datagram",
+        "raw_limit",
+        "ready",
+        "seal",
+    )
 
     def __init__(
         self,
         protocol: DatagramProtocol[Any, Any],
         amplification: AmplificationLimiter | None,
         log: RateLimitedLog,
+        security: ServerSecurity | None = None,
     ) -> None:
         self.make_datagram: Callable[[Any], bytes] = protocol.make_datagram
         # With the raw-bytes protocol parsing and serializing bytes are the identity: datagrams
@@ -50,6 +60,10 @@ class Replies:
         #: Replies sent since the last full checkpoint (the server resets it per batch).
         self.ready: int = 0
         self.checkpoint: Callable[[], Awaitable[None]] = anyio.lowlevel.checkpoint
+        #: Encrypts a reply for its peer (``None``: plain UDP); returns ``None`` to drop it.
+        self.seal: Callable[[Any, bytes], bytes | None] | None = (
+            None if security is None else security.seal
+        )
 
     def failed(self, exc: Exception, address: Any) -> None:
         """Log a reply the kernel refused (it is counted by the socket already)."""
@@ -148,6 +162,12 @@ class DatagramRequest(Generic[SendT, RecvT]):
             data = packet  # the raw-bytes protocol: the same bytes go on the wire
         else:
             data = replies.make_datagram(packet)
+        seal = replies.seal
+        if seal is not None:  # DTLS: the peer's session encrypts it, or it has none yet
+            sealed = seal(self.address, data)
+            if sealed is None:
+                return None
+            data = sealed
         amplification = replies.amplification
         if amplification is not None and not amplification.may_send(
             source_key(self.address), len(data)

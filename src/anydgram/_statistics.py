@@ -34,6 +34,13 @@ class EndpointStatistics:
             closed, drained (without blocking, at most 65,536) and counted; 0 while open.
         recv_buffer_size: The receive buffer size the kernel granted, in bytes.
         send_buffer_size: The send buffer size the kernel granted, in bytes.
+        dtls_handshakes: DTLS handshakes completed (a :class:`~anydgram.dtls.DTLSClient`:
+            1); 0 without DTLS. The socket counters above count encrypted datagrams,
+            handshake ones included.
+        dtls_handshake_failures: DTLS handshakes that failed or timed out.
+        dtls_sessions: DTLS associations open now (a client: 1 until it or its peer closes).
+        dtls_records_dropped: Received DTLS records dropped: failed to authenticate,
+            replays, or datagrams that were not DTLS records at all.
     """
 
     datagrams_received: int
@@ -49,6 +56,10 @@ class EndpointStatistics:
     unread_at_close: int
     recv_buffer_size: int
     send_buffer_size: int
+    dtls_handshakes: int = 0
+    dtls_handshake_failures: int = 0
+    dtls_sessions: int = 0
+    dtls_records_dropped: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +108,14 @@ class ServerStatistics:
             by the per-source rate limit.
         amplification_dropped: Replies not sent because they would have exceeded the
             anti-amplification limit (replies, so not among the received datagrams above).
+        dtls_handshakes: DTLS handshakes completed (a server with ``dtls=``; 0 otherwise).
+            The socket counters above count encrypted datagrams, handshake ones included.
+        dtls_handshake_failures: DTLS handshakes that failed, timed out or were evicted
+            unfinished.
+        dtls_sessions: DTLS sessions in the session table now.
+        dtls_records_dropped: Received DTLS records dropped: failed to authenticate,
+            replays, garbage, ClientHellos with a bad cookie, and records from peers with no
+            session.
     """
 
     datagrams_received: int
@@ -119,3 +138,7 @@ class ServerStatistics:
     handlers_peak: int
     rate_limited: int
     amplification_dropped: int
+    dtls_handshakes: int = 0
+    dtls_handshake_failures: int = 0
+    dtls_sessions: int = 0
+    dtls_records_dropped: int = 0

@@ -4,7 +4,7 @@
 client_python/>`_ registry. Nothing is counted per datagram: each scrape calls the object's
 ``statistics()`` and reports what it returns. Every counter of the statistics becomes a
 Prometheus counter ``anydgram_<field>_total``; the levels (``handlers_active``,
-``handlers_peak``, ``recv_buffer_size``, ``send_buffer_size``) become gauges
+``handlers_peak``, ``recv_buffer_size``, ``send_buffer_size``, ``dtls_sessions``) become gauges
 ``anydgram_<field>``. Each sample has a ``name`` label that tells the registered objects
 apart.
 """

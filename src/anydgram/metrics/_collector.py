@@ -17,7 +17,7 @@ __all__ = ("LEVELS", "register", "unregister")
 #: The statistics fields reported as gauges: levels that go down as well as up, or (the
 #: peak) a high-water mark. Every other field is a counter.
 LEVELS: Final = frozenset(
-    {"handlers_active", "handlers_peak", "recv_buffer_size", "send_buffer_size"}
+    {"handlers_active", "handlers_peak", "recv_buffer_size", "send_buffer_size", "dtls_sessions"}
 )
 
 
