@@ -102,6 +102,16 @@ class HandlerPool:
         self.handlers_cancelled = 0
         self.requests_abandoned = 0
 
+    def counters(self) -> dict[str, int]:
+        """The pool's part of the server's statistics."""
+        return {
+            "handler_errors": self.handler_errors,
+            "handlers_cancelled": self.handlers_cancelled,
+            "requests_abandoned": self.requests_abandoned,
+            "handlers_active": self.active,
+            "handlers_peak": self.peak,
+        }
+
     def start(self, tasks: TaskGroup, transports: list[SocketIO]) -> None:
         """Start one reading task per socket in ``tasks``."""
         self.task_group = tasks

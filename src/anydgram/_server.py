@@ -25,14 +25,8 @@ from ._logging import LogBudget, RateLimitedLog
 from ._network import ServerNetwork
 from ._open_endpoint import check_port
 from ._protocol import DatagramProtocol, RecvT, SendT, default_protocol
-from ._ratelimit import (
-    DEFAULT_MAX_SOURCES,
-    AmplificationLimiter,
-    RateLimit,
-    RateLimiter,
-    source_key,
-)
-from ._server_args import check_grace_period, check_server_arguments
+from ._ratelimit import RateLimit, source_key
+from ._server_args import check_grace_period, check_server_arguments, make_limiters
 from ._server_intake import Intake
 from ._server_life import Lifecycle
 from ._server_request import DatagramRequest, Replies
@@ -200,15 +194,7 @@ class DatagramServer(Generic[SendT, RecvT]):
         self._rate_limit = rate_limit
         self._amplification_factor = amplification_factor
         # The per-source state (a server serves once, so it lives as long as the server).
-        self._rate_limiter = None if rate_limit is None else RateLimiter(rate_limit)
-        self._amplification = (
-            None
-            if amplification_factor is None
-            else AmplificationLimiter(
-                amplification_factor,
-                DEFAULT_MAX_SOURCES if rate_limit is None else rate_limit.max_sources,
-            )
-        )
+        self._rate_limiter, self._amplification = make_limiters(rate_limit, amplification_factor)
         self._protocol: DatagramProtocol[SendT, RecvT] = (
             default_protocol() if protocol is None else protocol  # type: ignore[assignment]
         )
@@ -273,20 +259,13 @@ class DatagramServer(Generic[SendT, RecvT]):
 
     def statistics(self) -> ServerStatistics:
         """A snapshot of the counters, summed over the sockets; kernel counters are read now."""
-        pool = self._pool
-        limiter, amplification = self._rate_limiter, self._amplification
+        security = self._security
         return ServerStatistics(
             **self._life.socket_counters(),
-            parse_errors=self._intake.parse_errors,
+            **self._intake.counters(),
+            **self._pool.counters(),
             unmatched_replies=0,
-            handler_errors=pool.handler_errors,
-            handlers_cancelled=pool.handlers_cancelled,
-            requests_abandoned=pool.requests_abandoned,
-            handlers_active=pool.active,
-            handlers_peak=pool.peak,
-            rate_limited=0 if limiter is None else limiter.limited,
-            amplification_dropped=0 if amplification is None else amplification.dropped,
-            **({} if self._security is None else self._security.counters()),
+            **({} if security is None else security.counters()),
         )
 
     # -- serving -------------------------------------------------------------------------------

@@ -10,9 +10,9 @@ from typing import Any
 
 from ._logging import LogBudget
 from ._network import ServerNetwork
-from ._ratelimit import RateLimit
+from ._ratelimit import DEFAULT_MAX_SOURCES, AmplificationLimiter, RateLimit, RateLimiter
 
-__all__ = ("check_grace_period", "check_server_arguments", "is_async_callable")
+__all__ = ("check_grace_period", "check_server_arguments", "is_async_callable", "make_limiters")
 
 
 def is_async_callable(obj: object) -> bool:
@@ -97,3 +97,14 @@ def check_server_arguments(
         )
     if log_budget is not None and not isinstance(log_budget, LogBudget):
         raise TypeError(f"log_budget must be a LogBudget or None, not {type(log_budget).__name__}")
+
+
+def make_limiters(
+    rate_limit: RateLimit | None, amplification_factor: float | None
+) -> tuple[RateLimiter | None, AmplificationLimiter | None]:
+    """The per-source rate limiter and anti-amplification cap a server's arguments ask for."""
+    limiter = None if rate_limit is None else RateLimiter(rate_limit)
+    if amplification_factor is None:
+        return limiter, None
+    sources = DEFAULT_MAX_SOURCES if rate_limit is None else rate_limit.max_sources
+    return limiter, AmplificationLimiter(amplification_factor, sources)

@@ -53,6 +53,15 @@ class Intake:
         self.pending: deque[DatagramRequest[Any, Any]] = deque()
         self.parse_errors = 0
 
+    def counters(self) -> dict[str, int]:
+        """The intake's part of the server's statistics."""
+        limiter, amplification = self._rate_limiter, self._amplification
+        return {
+            "parse_errors": self.parse_errors,
+            "rate_limited": 0 if limiter is None else limiter.limited,
+            "amplification_dropped": 0 if amplification is None else amplification.dropped,
+        }
+
     def queue_batch(self, transport: SocketIO, batch: list[Received]) -> None:
         """Screen and parse a batch; queue a request per datagram a handler should see."""
         pending = self.pending
