@@ -148,6 +148,35 @@ def test_skips_are_bounded_so_junk_cannot_hold_the_loop() -> None:
     assert len(sock.incoming) == 5
 
 
+@pytest.mark.parametrize("connected", [True, False], ids=["connected", "unconnected"])
+def test_receive_one_agrees_with_receive_of_one(connected: bool) -> None:
+    # The one-datagram fast path against the batch loop, on the same scripted arrivals:
+    # plain, empty, oversize then valid, an ICMP error then valid (unconnected: counted and
+    # skipped), a run of junk longer than the bound, and nothing waiting.
+    script: list[bytes | OSError] = [b"one", b"", b"x" * 11, b"two"]
+    if not connected:
+        script += [_error(errno.ECONNREFUSED), b"three"]
+    script += [b"z" * 50] * (MAX_BATCH + 2) + [b"four"]
+    results: list[list[Any]] = []
+    tallies: list[dict[str, int]] = []
+    for take_one in (True, False):
+        sock = ScriptedSocket(connected=connected)
+        sock.incoming.extend(script)
+        core, tally, got = _core(sock), Tally(), []
+        for _ in range(len(script)):
+            if take_one:
+                got.append(core.receive_one(tally))
+            else:
+                batch = core.receive(1, tally)
+                got.append(batch[0] if batch else None)
+        results.append(got)
+        tallies.append(tally.as_dict())
+    assert results[0] == results[1]
+    assert tallies[0] == tallies[1]
+    assert [item[0] for item in results[0] if item is not None][:3] == [b"one", b"", b"two"]
+    assert results[0][-1] is None  # EAGAIN at the end
+
+
 def test_icmp_error_on_a_connected_socket_raises_and_is_counted() -> None:
     sock = ScriptedSocket(connected=True)
     sock.incoming.extend([ConnectionRefusedError(errno.ECONNREFUSED, "refused"), b"after"])

@@ -254,6 +254,7 @@ class SocketCore:
         "max_datagram_size",
         "peer",
         "receive",
+        "receive_one",
         "sock",
         "unlink_path",
     )
@@ -279,9 +280,17 @@ class SocketCore:
         self.unlink_path: BoundPath | None = unlink_path
         self.closed: bool = False
         #: ``receive(max_count, tally) -> list[Received]``, the strategy's, bound once.
-        self.receive: Callable[[int, Tally], list[Received]] = (
-            RecvFrom(self) if strategy is None else strategy(self)
-        ).receive
+        chosen = RecvFrom(self) if strategy is None else strategy(self)
+        self.receive: Callable[[int, Tally], list[Received]] = chosen.receive
+        #: ``receive_one(tally) -> Received | None``: ``receive(1, tally)``'s datagram, with a
+        #: fast path for the portable strategy (a client's every datagram takes it).
+        self.receive_one: Callable[[Tally], Received | None] = (
+            chosen.receive_one if isinstance(chosen, RecvFrom) else self._receive_one
+        )
+
+    def _receive_one(self, tally: Tally) -> Received | None:
+        batch = self.receive(1, tally)
+        return batch[0] if batch else None
 
     # -- the one translation of OS errors -----------------------------------------------------
 
@@ -448,3 +457,22 @@ class RecvFrom:
     def receive(self, max_count: int, tally: Tally) -> list[Received]:
         """Take up to ``max_count`` waiting datagrams without blocking (possibly none)."""
         return receive_batch(self._core, self._take, max_count, tally)
+
+    def receive_one(self, tally: Tally) -> Received | None:
+        """One waiting datagram, or ``None``: ``receive(1)`` with its common case first."""
+        core = self._core
+        try:
+            item = self._take(core.bufsize)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            core.receive_failed(exc, tally)  # raises, or it was a counted ICMP error
+            item = None
+        if item is None or len(item[0]) > core.max_datagram_size:
+            if item is not None:
+                tally.oversize += 1
+            batch = receive_batch(core, self._take, 1, tally)  # skip junk, bounded
+            return batch[0] if batch else None
+        tally.datagrams_received += 1
+        tally.bytes_received += len(item[0])
+        return item

@@ -352,14 +352,15 @@ class SocketIO(Tally):
         if self._ready_ops >= FAIRNESS_INTERVAL:
             self._ready_ops = 0
             await self.primitives.checkpoint()
-        self.check_open()
-        batch = self._receive(1, self)
+        core = self._core
+        if core.closed:
+            raise anyio.ClosedResourceError
+        item = core.receive_one(self)
         woke = False
-        while not batch:
+        while item is None:
             await self.wait_readable(after_wakeup=woke)
             woke = True
-            batch = self._receive(1, self)
-        item = batch[0]
+            item = core.receive_one(self)
         return item[0], item[1]
 
     async def wait_readable(self, *, after_wakeup: bool = False) -> None:

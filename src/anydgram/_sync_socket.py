@@ -278,14 +278,14 @@ class ThreadedSocketIO:
         self._enter(side)
         tally = Tally()
         try:
-            receive = self._core.receive
+            receive_one = self._core.receive_one
             woke = False
             while True:
                 if busy is not None and busy.pending:
                     raise anyio.BusyResourceError(_BUSY_ACTION)
-                batch = receive(1, tally)
-                if batch:
-                    return batch[0][0], batch[0][1]
+                item = receive_one(tally)
+                if item is not None:
+                    return item[0], item[1]
                 if woke and self._drain_on_wake:
                     self._core.drain_error_queue(tally)
                 self._wait(select.POLLIN, deadline)
