@@ -1,7 +1,8 @@
 """The whole benchmark suite in one run: echo servers, clients, serializers; report and chart.
 
-Runs ``server_echo.py``, ``client_rtt.py``, ``dtls_echo.py`` and ``serializers.py`` one after
-the other, each in its own process (they pin their own children to the CPUs), then:
+Runs ``server_echo.py``, ``client_rtt.py``, ``dtls_echo.py``, ``dns_bench.py`` and
+``serializers.py`` one after the other, each in its own process (they pin their own children
+to the CPUs), then:
 
 - prints one Markdown report on stdout: the machine, then each suite's tables;
 - writes ``benchmarks/results/latest.json`` (every suite's raw results and the machine) and
@@ -91,6 +92,14 @@ SUITES = (
         quick=("--quick",),
         budget_full=240,
         budget_quick=90,
+    ),
+    Suite(
+        "dns",
+        "dns_bench.py",
+        full=("--rounds=3", "--seconds=3"),
+        quick=("--rounds=1", "--seconds=1"),
+        budget_full=150,
+        budget_quick=40,
     ),
     Suite(
         "serializers",

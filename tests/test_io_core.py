@@ -162,7 +162,8 @@ def test_receive_one_agrees_with_receive_of_one(connected: bool) -> None:
     for take_one in (True, False):
         sock = ScriptedSocket(connected=connected)
         sock.incoming.extend(script)
-        core, tally, got = _core(sock), Tally(), []
+        core, tally = _core(sock), Tally()
+        got: list[Any] = []
         for _ in range(len(script)):
             if take_one:
                 got.append(core.receive_one(tally))
