@@ -223,15 +223,21 @@ class MsgspecSerializer(Serializer[Any, T], Generic[T]):
             DeserializeError: ``data`` is not valid, does not match the type (the message
                 names the field), or is nested deeper than ``max_depth``.
         """
-        if self._format == "json":
-            label, refusal = "JSON", _json_check(data, self._max_depth)
-        else:
-            label, refusal = "MessagePack", _msgpack_check(data, self._max_depth, walk=self._walk)
-        if refusal is not None:
-            raise DeserializeError(f"invalid {label}: {refusal}")
+        # Every level of nesting takes at least one byte, so a datagram no longer than
+        # max_depth needs no depth check; untyped MessagePack is walked for its map keys too.
+        if len(data) > self._max_depth or self._walk:
+            if self._format == "json":
+                refusal = _json_check(data, self._max_depth)
+            else:
+                refusal = _msgpack_check(data, self._max_depth, walk=self._walk)
+            if refusal is not None:
+                raise DeserializeError(f"invalid {self._label()}: {refusal}")
         try:
             packet: T = self._decode(data)
         # DecodeError includes ValidationError, whose message ends with the field path.
         except self._errors as exc:
-            raise DeserializeError(f"invalid {label}: {clip(str(exc))}") from exc
+            raise DeserializeError(f"invalid {self._label()}: {clip(str(exc))}") from exc
         return packet
+
+    def _label(self) -> str:
+        return "JSON" if self._format == "json" else "MessagePack"
