@@ -51,6 +51,29 @@ IMPLS = ["async", "sync"]
 _T = TypeVar("_T")
 
 
+def has_ipv6_loopback() -> bool:
+    """Whether this machine can bind ``::1`` (containers often have no IPv6)."""
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+#: ``(family, host)`` parameters for tests run over IPv4 and IPv6 loopback.
+LOOPBACK_FAMILIES = [
+    pytest.param((socket.AF_INET, "127.0.0.1"), id="ipv4"),
+    pytest.param(
+        (socket.AF_INET6, "::1"),
+        id="ipv6",
+        marks=pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback here"),
+    ),
+]
+
+
 class Client(Protocol):
     """What the cases use of a connected client (``DatagramClient`` has all of it)."""
 

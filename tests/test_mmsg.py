@@ -29,6 +29,7 @@ from anydgram._mmsg import (
 )
 from anydgram._pktinfo import RecvPktinfo
 from anydgram._socket_io import SocketIO
+from endpoint_harness import LOOPBACK_FAMILIES
 
 pytestmark = pytest.mark.anyio
 
@@ -38,25 +39,7 @@ needs_mmsg = pytest.mark.skipif(not available(), reason=_NO_MMSG)
 _LIMIT = 100  # max_datagram_size of the sockets under test
 
 
-def _has_ipv6() -> bool:
-    if not socket.has_ipv6:
-        return False
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
-            s.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
-_FAMILIES = [
-    pytest.param((socket.AF_INET, "127.0.0.1"), id="ipv4"),
-    pytest.param(
-        (socket.AF_INET6, "::1"),
-        id="ipv6",
-        marks=pytest.mark.skipif(not _has_ipv6(), reason="no IPv6 loopback here"),
-    ),
-]
+_FAMILIES = LOOPBACK_FAMILIES
 
 IOFactory = Callable[[socket.socket, int], SocketIO]
 

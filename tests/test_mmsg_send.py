@@ -26,6 +26,7 @@ from anydgram._mmsg_send import ReplyBatch, encode_sockaddr
 from anydgram._mmsg_send import available as sendmmsg_available
 from anydgram._socket_io import SocketIO
 from anydgram.serializers import JSONSerializer
+from endpoint_harness import LOOPBACK_FAMILIES
 
 pytestmark = [
     pytest.mark.anyio,
@@ -36,23 +37,7 @@ pytestmark = [
 ]
 
 
-def _has_ipv6() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
-            s.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
-_FAMILIES = [
-    pytest.param((socket.AF_INET, "127.0.0.1"), id="ipv4"),
-    pytest.param(
-        (socket.AF_INET6, "::1"),
-        id="ipv6",
-        marks=pytest.mark.skipif(not _has_ipv6(), reason="no IPv6 loopback here"),
-    ),
-]
+_FAMILIES = LOOPBACK_FAMILIES
 
 #: A payload of every size is a prefix of this: a reply is checked byte for byte.
 _PATTERN = os.urandom(65507)
