@@ -10,7 +10,6 @@ slower, with identical behaviour.
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from typing import Any, Final
 import anyio
 import anyio.lowlevel
 
-__all__ = ("BACKENDS", "Primitives", "anyio_backend", "current_primitives", "running_asyncio_loop")
+__all__ = ("BACKENDS", "Primitives", "anyio_backend", "current_primitives")
 
 #: The event loops anydgram runs on, as ``DatagramServer.run()`` and the CLI name them.
 BACKENDS: Final = ("asyncio", "uvloop", "trio")
@@ -98,16 +97,3 @@ def current_primitives() -> Primitives:
             primitives = _PUBLIC
         _bound[backend] = primitives
     return primitives
-
-
-def running_asyncio_loop() -> asyncio.AbstractEventLoop | None:
-    """The running loop when anyio runs on asyncio (uvloop's included); ``None`` otherwise."""
-    if _get_async_backend is None:  # pragma: no cover
-        return None
-    try:
-        backend: type[Any] = _get_async_backend()
-    except Exception:  # pragma: no cover - defensive
-        return None
-    if backend.__module__ != "anyio._backends._asyncio":
-        return None
-    return asyncio.get_running_loop()

@@ -8,7 +8,6 @@ where the kernel counts what it drops. The memory network plugs in its own waits
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import socket
 from collections.abc import Awaitable, Callable
@@ -17,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, overload
 import anyio
 import anyio.lowlevel
 
-from ._backend import Primitives, current_primitives, running_asyncio_loop
+from ._backend import Primitives, current_primitives
 from ._io_core import (
     MAX_BATCH,
     BoundPath,
@@ -29,7 +28,6 @@ from ._io_core import (
     Tally,
     normalize_address,
 )
-from ._loop_waits import LoopReadiness
 
 if TYPE_CHECKING:
     from ._mmsg_send import ReplyBatch
@@ -173,11 +171,6 @@ class _FdWaiter:
         io.check_open()
 
 
-def _keeps_readers(loop: asyncio.AbstractEventLoop) -> bool:
-    """Whether ``loop`` has selector-style readers (asyncio's selector loops, uvloop)."""
-    return isinstance(loop, asyncio.SelectorEventLoop) or type(loop).__module__.startswith("uvloop")
-
-
 class SocketIO(Tally):
     """Datagram I/O on one non-blocking socket for async code, with its counters.
 
@@ -195,7 +188,6 @@ class SocketIO(Tally):
 
     __slots__ = (
         "_core",
-        "_loop_waits",
         "_primitives",
         "_ready_ops",
         "_receive",
@@ -238,7 +230,6 @@ class SocketIO(Tally):
         self._wait_writable: Callable[[], Awaitable[None]] | None = None
         self._recv_waiter = _FdWaiter()
         self._send_waiter = _FdWaiter()
-        self._loop_waits: LoopReadiness | None = None
         #: Replies queued for one ``sendmmsg`` (server sockets that have one; see
         #: ``_mmsg_send.py``), and the same batch while replies may be queued in it (the
         #: handler pool sets it while the reading task runs a batch's handlers), else None.
@@ -310,14 +301,8 @@ class SocketIO(Tally):
             readable, writable = waits.wait_readable, waits.wait_writable
         else:
             primitives = self.primitives
+            readable = functools.partial(primitives.wait_readable, self.sock)
             writable = functools.partial(primitives.wait_writable, self.sock)
-            loop = running_asyncio_loop()
-            if loop is not None and _keeps_readers(loop):
-                # asyncio: the reader stays registered between waits (see _loop_waits.py).
-                self._loop_waits = LoopReadiness(loop, self.sock, primitives.wait_writable)
-                readable = self._loop_waits.wait_readable
-            else:
-                readable = functools.partial(primitives.wait_readable, self.sock)
         self._wait_readable, self._wait_writable = readable, writable
         return readable, writable
 
@@ -465,8 +450,6 @@ class SocketIO(Tally):
         """Close the socket without waking waiters (for use outside a running event loop)."""
         if not self._core.closed:
             self._flush_before_close()
-            if self._loop_waits is not None:
-                self._loop_waits.notify_closing()
             self._core.release(self)
 
     async def aclose(self) -> None:
@@ -481,9 +464,7 @@ class SocketIO(Tally):
                 if self._waits is not None:
                     self._waits.notify_closing()
                 else:
-                    if self._loop_waits is not None:
-                        self._loop_waits.notify_closing()
-                    anyio.notify_closing(self.sock)  # writers waiting through anyio
+                    anyio.notify_closing(self.sock)
             finally:
                 self._core.release(self)
         await anyio.lowlevel.cancel_shielded_checkpoint()
