@@ -45,6 +45,39 @@ def check_handshake_timeout(value: object) -> float:
     return float(value)
 
 
+class ClientSetup:
+    """A DTLS client's checked arguments, shared by the async and the blocking client."""
+
+    __slots__ = ("context", "protocol", "server_hostname", "timeout")
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        ssl_context: object,
+        protocol: DatagramProtocol[Any, Any] | None,
+        server_hostname: str | None,
+        handshake_timeout: object,
+    ) -> None:
+        check_host(host)
+        check_port(port)
+        self.context: SSL.Context = check_context(ssl_context)
+        self.timeout = check_handshake_timeout(handshake_timeout)
+        self.protocol: DatagramProtocol[Any, Any] = (
+            default_protocol() if protocol is None else protocol
+        )
+        self.server_hostname = host if server_hostname is None else server_hostname
+
+    def association(self) -> Association:
+        """A client association whose flights fit the protocol's datagram size."""
+        return Association(
+            self.context,
+            mtu=flight_mtu(self.protocol.max_datagram_size),
+            server=False,
+            server_hostname=self.server_hostname,
+        )
+
+
 def peer_closed() -> DTLSError:
     """The error for an association the peer has closed."""
     return DTLSError("the peer closed the DTLS association (close_notify or fatal alert)")
@@ -279,11 +312,8 @@ async def connect_dtls(
             ``handshake_timeout``. Nothing is left open.
         OSError: The name does not resolve, or no address could be connected.
     """
-    check_host(host)
-    check_port(port)
-    context = check_context(ssl_context)
-    timeout = check_handshake_timeout(handshake_timeout)
-    proto = default_protocol() if protocol is None else protocol
+    setup = ClientSetup(host, port, ssl_context, protocol, server_hostname, handshake_timeout)
+    proto = setup.protocol
     infos = await anyio.getaddrinfo(host, port, family=family, type=socket.SOCK_DGRAM)
     sock = connect_first(
         infos,
@@ -293,18 +323,12 @@ async def connect_dtls(
         send_buffer_size=None,
     )
     try:
-        association = Association(
-            context,
-            mtu=flight_mtu(proto.max_datagram_size),
-            server=False,
-            server_hostname=host if server_hostname is None else server_hostname,
-        )
-        io = DTLSSocketIO(sock, association, proto.max_datagram_size)
+        io = DTLSSocketIO(sock, setup.association(), proto.max_datagram_size)
     except BaseException:
         sock.close()
         raise
     try:
-        await io.handshake(timeout)
+        await io.handshake(setup.timeout)
     except BaseException:
         with anyio.CancelScope(shield=True):
             await SocketIO.aclose(io)

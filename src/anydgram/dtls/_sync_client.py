@@ -20,14 +20,14 @@ from OpenSSL import SSL
 
 from .._client_request import BUSY_ACTION, ThreadedRequests
 from .._errors import DatagramTooLargeError
-from .._open_endpoint import check_host, check_port, connect_first
-from .._protocol import DatagramProtocol, RecvT, SendT, default_protocol
+from .._open_endpoint import connect_first
+from .._protocol import DatagramProtocol, RecvT, SendT
 from .._statistics import EndpointStatistics
 from .._sync import SyncDatagramClient, getaddrinfo
 from .._sync_socket import ThreadedSocketIO
-from ._association import MAX_RECORD_PLAINTEXT, Association, flight_mtu, receive_room
-from ._client import check_handshake_timeout, peer_closed
-from ._contexts import DTLSError, check_context
+from ._association import MAX_RECORD_PLAINTEXT, Association, receive_room
+from ._client import ClientSetup, peer_closed
+from ._contexts import DTLSError
 
 __all__ = ("SyncDTLSClient",)
 
@@ -202,11 +202,8 @@ class SyncDTLSClient(SyncDatagramClient[SendT, RecvT]):
         local_address: tuple[str, int] | None = None,
         family: int = socket.AF_UNSPEC,
     ) -> None:
-        check_host(host)
-        check_port(port)
-        context = check_context(ssl_context)
-        timeout = check_handshake_timeout(handshake_timeout)
-        proto: DatagramProtocol[Any, Any] = default_protocol() if protocol is None else protocol
+        setup = ClientSetup(host, port, ssl_context, protocol, server_hostname, handshake_timeout)
+        proto = setup.protocol
         sock = connect_first(
             getaddrinfo(host, port, family),
             f"could not connect to {host}:{port}",
@@ -215,18 +212,12 @@ class SyncDTLSClient(SyncDatagramClient[SendT, RecvT]):
             send_buffer_size=None,
         )
         try:
-            association = Association(
-                context,
-                mtu=flight_mtu(proto.max_datagram_size),
-                server=False,
-                server_hostname=host if server_hostname is None else server_hostname,
-            )
-            io = ThreadedDTLSSocketIO(sock, association, proto.max_datagram_size)
+            io = ThreadedDTLSSocketIO(sock, setup.association(), proto.max_datagram_size)
         except BaseException:
             sock.close()
             raise
         try:
-            io.handshake(timeout)
+            io.handshake(setup.timeout)
         except BaseException:
             ThreadedSocketIO.close(io)
             raise
