@@ -112,12 +112,12 @@ def test_an_empty_message_still_explains_itself() -> None:
         DatagramProtocol(Terse()).build_packet_from_datagram(b"x")
 
 
-@pytest.mark.parametrize("size", [1, 1200, MAX_UDP_PAYLOAD])
+@pytest.mark.parametrize("size", [1, 1200, MAX_UDP_PAYLOAD, 65527, 1 << 20, 1 << 24])
 def test_valid_max_datagram_sizes(size: int) -> None:
     assert DatagramProtocol(BytesSerializer(), max_datagram_size=size).max_datagram_size == size
 
 
-@pytest.mark.parametrize("size", [0, -1, MAX_UDP_PAYLOAD + 1])
+@pytest.mark.parametrize("size", [0, -1, (1 << 24) + 1])
 def test_out_of_range_max_datagram_size_is_a_value_error(size: int) -> None:
     with pytest.raises(ValueError, match="max_datagram_size"):
         DatagramProtocol(BytesSerializer(), max_datagram_size=size)

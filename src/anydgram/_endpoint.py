@@ -7,7 +7,7 @@ Both pair one :class:`~anydgram._socket_io.SocketIO` (the socket side) with one
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Iterable
 from typing import Any, TypeVar, cast, overload
 
 import anyio
@@ -19,6 +19,8 @@ from ._endpoint_base import (
     IPAddress,
     check_datagram_socket,
     is_connected,
+    make_datagrams,
+    split_addressed,
 )
 from ._io_core import BoundPath
 from ._multicast import set_membership
@@ -132,6 +134,48 @@ class DatagramClient(BaseEndpoint[SendT, RecvT]):
         if self._requests is not None:  # a request() started while this call waited
             self._taken_while_busy(data, address)
         return self._parse(data, address)
+
+    async def send_packets(self, packets: Iterable[SendT]) -> None:
+        """Send every packet of ``packets`` to the peer, one datagram each, in order.
+
+        Every packet is serialized and its size checked before the first is sent. Then they
+        leave in as few system calls as the platform allows: on Linux one ``sendmmsg`` for up
+        to 64 datagrams, and one UDP GSO send for a run of equal-size datagrams (the last may
+        be shorter). Returns once the kernel has taken every datagram, waiting while its send
+        buffer is full.
+
+        A datagram the kernel refuses (an ICMP error about an earlier send, a firewall) is
+        counted in the statistics and the others still go; only when it refuses every one
+        does the call raise, with the first error. A cancellation leaves each datagram sent
+        once or not at all: those handed over are counted in ``datagrams_sent``.
+
+        Raises:
+            DatagramTooLargeError: A datagram exceeds the protocol's ``max_datagram_size`` or
+                what the socket's family carries; nothing was sent.
+            ConnectionRefusedError: The peer refused every datagram (ICMP port unreachable);
+                other errors the kernel gave every datagram likewise.
+            anyio.ClosedResourceError: The client is closed.
+        """
+        io = self._io
+        await io.send_many(make_datagrams(self._protocol, io.family, packets), None)
+
+    async def recv_packets(self, *, max_count: int = 64) -> list[RecvT]:
+        """Wait for a datagram, then return it and every one already waiting, up to ``max_count``.
+
+        On Linux one ``recvmmsg`` takes up to 64 datagrams. The batch stops before an
+        undecodable datagram: the packets before it are returned, and the next receive raises
+        its :exc:`DatagramProtocolParseError`; nothing is lost. Cancellation as for
+        :meth:`recv_packet`.
+
+        Raises:
+            TypeError: ``max_count`` is not an int.
+            ValueError: ``max_count`` is below 1.
+            DatagramProtocolParseError: The first datagram could not be parsed.
+            ConnectionRefusedError: The peer refused an earlier datagram.
+            anyio.BusyResourceError: A :meth:`request` call is pending.
+            anyio.ClosedResourceError: The client is closed, before or during the wait.
+        """
+        return [packet for packet, _ in await self._recv_packets(max_count)]
 
     async def iter_received_packets(
         self, *, timeout: float | None = 0
@@ -291,6 +335,50 @@ class DatagramEndpoint(BaseEndpoint[SendT, RecvT]):
         if self._requests is not None:  # a request() started while this call waited
             self._taken_while_busy(data, address)
         return self._parse(data, address), address
+
+    async def send_packets(self, packets: Iterable[tuple[SendT, Address]]) -> None:
+        """Send each ``(packet, address)`` of ``packets`` as one datagram, in order.
+
+        Every packet is serialized and its size checked (and every address's type) before
+        the first is sent. Then they leave in as few system calls as the platform allows: on
+        Linux one ``sendmmsg`` for up to 64 datagrams, and one UDP GSO send for a run of
+        equal-size datagrams to one address (the last may be shorter). Unix sockets send one
+        datagram per call. Returns once the kernel has taken every datagram, waiting while its
+        send buffer is full.
+
+        A datagram the kernel refuses (no route, a firewall) is counted in the statistics and
+        the others still go; only when it refuses every one does the call raise, with the
+        first error. A cancellation leaves each datagram sent once or not at all: those handed
+        over are counted in ``datagrams_sent``.
+
+        Raises:
+            TypeError: An item is not a ``(packet, address)`` pair or an address has the wrong
+                type; nothing was sent.
+            DatagramTooLargeError: A datagram exceeds the protocol's ``max_datagram_size`` or
+                what the socket's family carries; nothing was sent.
+            anyio.ClosedResourceError: The endpoint is closed.
+            OSError: The kernel refused every datagram (the first refusal).
+        """
+        io = self._io
+        datagrams, addresses = split_addressed(self._protocol, io.family, packets)
+        await io.send_many(datagrams, addresses)
+
+    async def recv_packets(self, *, max_count: int = 64) -> list[tuple[RecvT, Address]]:
+        """Wait for a datagram, then return it and every one already waiting, up to ``max_count``.
+
+        Each item is ``(packet, sender_address)``. On Linux one ``recvmmsg`` takes up to 64
+        datagrams. The batch stops before an undecodable datagram: the packets before it are
+        returned, and the next receive raises its :exc:`DatagramProtocolParseError`; nothing
+        is lost. Cancellation as for :meth:`recv_packet`.
+
+        Raises:
+            TypeError: ``max_count`` is not an int.
+            ValueError: ``max_count`` is below 1.
+            DatagramProtocolParseError: The first datagram could not be parsed.
+            anyio.BusyResourceError: A :meth:`request` call is pending.
+            anyio.ClosedResourceError: The endpoint is closed, before or during the wait.
+        """
+        return await self._recv_packets(max_count)
 
     async def iter_received_packets(
         self, *, timeout: float | None = 0

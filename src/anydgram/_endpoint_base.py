@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Generic, NoReturn, Self, TypeAlias, TypeVar, cast
 
@@ -16,15 +16,26 @@ import anyio
 from anyio import TypedAttributeProvider
 from anyio.abc import SocketAttribute
 
+from ._batches import family_limit
 from ._client_request import BUSY_ACTION, AsyncRequests, Match
-from ._errors import DatagramProtocolParseError
-from ._io_core import normalize_address
+from ._errors import DatagramProtocolParseError, DatagramTooLargeError
+from ._io_core import Received, normalize_address
 from ._protocol import DatagramProtocol, RecvT, SendT
 from ._retry_schedule import AttemptSchedule
 from ._socket_io import SocketIO, SocketProxy
 from ._statistics import EndpointStatistics
 
-__all__ = ("Address", "BaseEndpoint", "IPAddress", "check_datagram_socket", "is_connected")
+__all__ = (
+    "Address",
+    "BaseEndpoint",
+    "IPAddress",
+    "check_datagram_socket",
+    "check_max_count",
+    "is_connected",
+    "make_datagrams",
+    "parse_batch",
+    "split_addressed",
+)
 
 #: An IP address as the :mod:`socket` module gives it: ``(host, port)`` or
 #: ``(host, port, flowinfo, scope_id)``. Servers only ever see these.
@@ -58,6 +69,96 @@ def is_connected(sock: socket.socket) -> bool:
     except OSError:
         return False
     return True
+
+
+def check_max_count(max_count: object) -> int:
+    """``recv_packets``' ``max_count``, checked.
+
+    Raises:
+        TypeError: Not an int.
+        ValueError: Below 1.
+    """
+    if not isinstance(max_count, int) or isinstance(max_count, bool):
+        raise TypeError(f"max_count must be an int, not {type(max_count).__name__}")
+    if max_count < 1:
+        raise ValueError(f"max_count must be at least 1, got {max_count}")
+    return max_count
+
+
+def make_datagrams(
+    protocol: DatagramProtocol[SendT, Any], family: int, packets: Iterable[SendT]
+) -> list[bytes]:
+    """Serialize every packet of a batch and check its size, before anything is sent.
+
+    Raises:
+        DatagramTooLargeError: A datagram is over the protocol's limit or longer than the
+            socket's family carries (IPv4: 65,507 bytes; IPv6: 65,527).
+    """
+    make = protocol.make_datagram
+    datagrams = [make(packet) for packet in packets]
+    limit = family_limit(family)
+    if limit is not None and protocol.max_datagram_size > limit:
+        for data in datagrams:
+            if len(data) > limit:
+                raise DatagramTooLargeError(len(data), limit)
+    return datagrams
+
+
+def split_addressed(
+    protocol: DatagramProtocol[SendT, Any],
+    family: int,
+    packets: Iterable[tuple[SendT, Address]],
+) -> tuple[list[bytes], list[Any]]:
+    """:func:`make_datagrams` for ``(packet, address)`` pairs; the addresses checked too.
+
+    Raises:
+        TypeError: An item is not a ``(packet, address)`` pair, or an address is not a tuple
+            (IP) or a ``str``/``bytes`` path (Unix).
+        DatagramTooLargeError: As :func:`make_datagrams`.
+    """
+    items = list(packets)
+    addresses: list[Any] = []
+    for index, item in enumerate(items):
+        if not isinstance(item, tuple) or len(item) != 2:
+            raise TypeError(f"item {index} is not a (packet, address) pair: {type(item).__name__}")
+        address = item[1]
+        expected = (str, bytes) if family == socket.AF_UNIX else tuple
+        if not isinstance(address, expected):
+            raise TypeError(
+                f"item {index}: the address must be a "
+                f"{'str path' if family == socket.AF_UNIX else '(host, port) tuple'}, "
+                f"not {type(address).__name__}"
+            )
+        addresses.append(address)
+    return make_datagrams(protocol, family, [item[0] for item in items]), addresses
+
+
+def parse_batch(
+    build: Callable[[bytes], _R],
+    batch: list[Received],
+    push_back: Callable[[list[Received]], None],
+    failed: Callable[[DatagramProtocolParseError, Address], None],
+) -> list[tuple[_R, Address]]:
+    """Parse a received batch, stopping before an undecodable datagram.
+
+    The datagrams from the undecodable one on go back in front of the socket's (``push_back``):
+    when it is the first, its error is counted (``failed``) and raised now; else the batch
+    before it is returned and the next receive meets it again. Nothing is lost, and each parse
+    error is counted once.
+    """
+    packets: list[tuple[_R, Address]] = []
+    for index, (data, address, _) in enumerate(batch):
+        try:
+            packet = build(data)
+        except DatagramProtocolParseError as exc:
+            if packets:
+                push_back(batch[index:])
+                return packets
+            push_back(batch[index + 1 :])
+            failed(exc, address)
+            raise
+        packets.append((packet, address))
+    return packets
 
 
 class BaseEndpoint(TypedAttributeProvider, Generic[SendT, RecvT]):
@@ -141,9 +242,27 @@ class BaseEndpoint(TypedAttributeProvider, Generic[SendT, RecvT]):
         try:
             return self._protocol.build_packet_from_datagram(data)
         except DatagramProtocolParseError as exc:
-            self._parse_errors += 1
-            exc.address = address
+            self._parse_failed(exc, address)
             raise
+
+    def _parse_failed(self, exc: DatagramProtocolParseError, address: Address) -> None:
+        self._parse_errors += 1
+        exc.address = address
+
+    async def _recv_packets(self, max_count: int) -> list[tuple[RecvT, Address]]:
+        check_max_count(max_count)
+        if self._requests is not None:
+            raise anyio.BusyResourceError(BUSY_ACTION)
+        io = self._io
+        batch = await io.receive_many(max_count)
+        if self._requests is not None:  # a request() started while this call waited
+            self._batch_taken_while_busy(batch)
+        return parse_batch(
+            self._protocol.build_packet_from_datagram,
+            batch,
+            io.push_back,
+            self._parse_failed,
+        )
 
     def _count_unmatched(self, count: int) -> None:
         self._unmatched_replies += count
@@ -154,6 +273,12 @@ class BaseEndpoint(TypedAttributeProvider, Generic[SendT, RecvT]):
         assert self._requests is not None
         self._requests.deliver_foreign(data, address)
         raise anyio.BusyResourceError(BUSY_ACTION)
+
+    def _batch_taken_while_busy(self, batch: list[Received]) -> NoReturn:
+        assert self._requests is not None
+        for data, address, _ in batch[1:]:
+            self._requests.deliver_foreign(data, address)
+        self._taken_while_busy(batch[0][0], batch[0][1])
 
     async def _request(
         self,

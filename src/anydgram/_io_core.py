@@ -15,6 +15,7 @@ import socket
 import stat
 import struct
 import sys
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, Final, Protocol, overload
 
@@ -23,6 +24,7 @@ import anyio
 from ._errors import DatagramTooLargeError
 
 __all__ = (
+    "FAMILY_LIMITS",
     "MAX_BATCH",
     "BoundPath",
     "ReceiveStrategy",
@@ -62,6 +64,10 @@ ICMP_ERRNOS: Final = frozenset(
 #: The most datagrams one receive takes (a server's read batch), and the most it skips
 #: (oversize datagrams, queued ICMP errors) before giving up the CPU; also one drain's bound.
 MAX_BATCH: Final = 64
+
+#: The largest UDP payload each IP family carries (65,535 minus the headers); a Unix datagram
+#: socket's limit is its send buffer.
+FAMILY_LIMITS: Final[dict[int, int]] = {socket.AF_INET: 65507, socket.AF_INET6: 65527}
 
 #: At most this many datagrams are drained (and counted in ``unread_at_close``) when a socket
 #: closes; a receive buffer holds far fewer, so the bound only matters if a sender keeps up.
@@ -246,6 +252,8 @@ class SocketCore:
     """One non-blocking socket: its receive strategy, its sends, its errors, its release."""
 
     __slots__ = (
+        "_pending",
+        "_saved",
         "bufsize",
         "closed",
         "connected",
@@ -254,6 +262,7 @@ class SocketCore:
         "max_datagram_size",
         "peer",
         "receive",
+        "receive_many",
         "receive_one",
         "sock",
         "unlink_path",
@@ -276,7 +285,8 @@ class SocketCore:
         self.peer: Any = normalize_address(sock.family, sock.getpeername()) if connected else None
         self.max_datagram_size: int = max_datagram_size
         # One byte more than the limit: a longer datagram is detected, never silently cut.
-        self.bufsize: int = max_datagram_size + 1
+        # (No IP datagram is longer than its family carries, whatever the protocol allows.)
+        self.bufsize: int = min(max_datagram_size, FAMILY_LIMITS.get(sock.family, 1 << 30)) + 1
         self.unlink_path: BoundPath | None = unlink_path
         self.closed: bool = False
         #: ``receive(max_count, tally) -> list[Received]``, the strategy's, bound once.
@@ -287,9 +297,53 @@ class SocketCore:
         self.receive_one: Callable[[Tally], Received | None] = (
             chosen.receive_one if isinstance(chosen, RecvFrom) else self._receive_one
         )
+        #: ``receive_many(max_count, tally)``: what ``recv_packets`` takes its batches with;
+        #: the strategy's unless :meth:`use_batch_receive` chose a batched one.
+        self.receive_many: Callable[[int, Tally], list[Received]] = chosen.receive
+        self._pending: deque[Received] | None = None
+        self._saved: tuple[Callable[..., Any], ...] = ()
 
     def _receive_one(self, tally: Tally) -> Received | None:
         batch = self.receive(1, tally)
+        return batch[0] if batch else None
+
+    def use_batch_receive(self, strategy: ReceiveStrategy) -> None:
+        """Take ``recv_packets`` batches with ``strategy`` (``recvmmsg``, say)."""
+        if self._pending is None:
+            self.receive_many = strategy.receive
+        else:  # restored when the pending datagrams are gone
+            self._saved = (*self._saved[:2], strategy.receive)
+
+    # -- datagrams taken but not delivered --------------------------------------------------------
+
+    def push_back(self, items: list[Received]) -> None:
+        """Put datagrams taken from the kernel but not delivered in front of the next receive.
+
+        They were counted when they were taken and are not counted again. Until they are gone,
+        every receive takes them first (and only them), in order.
+        """
+        if not items:
+            return
+        if self._pending is None:
+            self._pending = deque(items)
+            self._saved = (self.receive, self.receive_one, self.receive_many)
+            self.receive = self.receive_many = self._take_pending
+            self.receive_one = self._take_one_pending
+        else:
+            self._pending.extendleft(reversed(items))
+
+    def _take_pending(self, max_count: int, tally: Tally) -> list[Received]:
+        pending = self._pending
+        assert pending is not None
+        batch = [pending.popleft() for _ in range(min(max_count, len(pending)))]
+        if not pending:
+            self._pending = None
+            self.receive, self.receive_one, self.receive_many = self._saved
+            self._saved = ()
+        return batch
+
+    def _take_one_pending(self, tally: Tally) -> Received | None:
+        batch = self._take_pending(1, tally)
         return batch[0] if batch else None
 
     # -- the one translation of OS errors -----------------------------------------------------
@@ -313,8 +367,11 @@ class SocketCore:
             raise anyio.ClosedResourceError from None
         if exc.errno == errno.EMSGSIZE:
             tally.send_errors += 1
+            limit = FAMILY_LIMITS.get(self.family, size)
             raise DatagramTooLargeError(
-                size, size - 1, f"the kernel refused a datagram of {size} bytes (EMSGSIZE)"
+                size,
+                limit if size > limit else size - 1,
+                f"the kernel refused a datagram of {size} bytes (EMSGSIZE)",
             ) from exc
         if exc.errno not in ICMP_ERRNOS:
             tally.send_errors += 1

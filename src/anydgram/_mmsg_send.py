@@ -25,7 +25,7 @@ from typing import Any, Final
 
 import anyio
 
-from ._io_core import MAX_BATCH, SocketCore, Tally
+from ._io_core import FAMILY_LIMITS, MAX_BATCH, SocketCore, Tally
 from ._mmsg import SOCKADDR_IN6_SIZE, SOCKADDR_IN_SIZE, IoVec, MMsgHdr, libc_function
 
 __all__ = ("ReplyBatch", "available")
@@ -34,6 +34,9 @@ _SENDMMSG: Final[Any] = libc_function("sendmmsg")
 
 #: Encoded peer addresses remembered per socket; a full cache is cleared, as the receiver's.
 _NAME_CACHE_SIZE: Final = 1024
+
+#: The room per slot at most: any UDP datagram (IPv6's largest).
+MAX_SLOT: Final = 65527
 
 
 def available() -> bool:
@@ -71,14 +74,18 @@ def encode_sockaddr(family: int, address: Any) -> bytes | None:
 class ReplyBatch:
     """Up to ``capacity`` replies of one socket, queued in ``sendmmsg`` slots until a flush.
 
+    The same slots carry a user's :meth:`~anydgram.DatagramEndpoint.send_packets` batch
+    (``_batches.py``), on an IP socket or on any connected one (whose slots name no peer).
+
     Args:
-        core: The socket (IPv4 or IPv6 UDP, unconnected).
-        tally: The counters the flush updates (the socket's).
+        core: The socket: IPv4 or IPv6 UDP, or connected of any family.
+        tally: The counters the flush updates (the socket's, or one blocking call's).
         capacity: Slots; a full batch is flushed before the next reply is queued.
 
     Attributes:
         on_failed: ``(error, peer)``, called for a queued reply the kernel refused (the
             server logs it); the error is counted already.
+        tally: The counters the next flush updates.
     """
 
     __slots__ = (
@@ -96,22 +103,28 @@ class ReplyBatch:
         "_pointers",
         "_retired",
         "_slot_size",
-        "_tally",
         "blocked",
         "capacity",
         "count",
         "on_failed",
         "start",
+        "tally",
     )
 
     def __init__(self, core: SocketCore, tally: Tally, capacity: int = MAX_BATCH) -> None:
-        if core.family not in (socket.AF_INET, socket.AF_INET6) or core.connected:
-            raise ValueError("batched replies are for unconnected IP sockets")
+        if core.family not in (socket.AF_INET, socket.AF_INET6) and not core.connected:
+            raise ValueError("sendmmsg slots are for IP sockets and connected ones")
         self._core = core
-        self._tally = tally
+        self.tally: Tally = tally
         self.capacity: int = capacity
-        namelen = SOCKADDR_IN_SIZE if core.family == socket.AF_INET else SOCKADDR_IN6_SIZE
-        self._slot_size = slot = max(core.max_datagram_size, 1)
+        if core.connected:
+            namelen = 0  # the kernel sends to the connected peer
+        else:
+            namelen = SOCKADDR_IN_SIZE if core.family == socket.AF_INET else SOCKADDR_IN6_SIZE
+        # A longer datagram is sent the ordinary way: a Unix socket's may be longer, and one
+        # longer than an IP family carries is refused there (DatagramTooLargeError).
+        room = FAMILY_LIMITS.get(core.family, MAX_SLOT)
+        self._slot_size = slot = max(min(core.max_datagram_size, room, MAX_SLOT), 1)
         # Anonymous mmap memory: pages are allocated only as replies reach them.
         self._data_map = mmap.mmap(-1, capacity * slot)
         buffer = (ctypes.c_char * (capacity * slot)).from_buffer(self._data_map)
@@ -141,7 +154,7 @@ class ReplyBatch:
         self._peers: list[Any] = [None] * capacity
         # peer address -> the address of its encoded sockaddr, kept alive in _name_buffers;
         # buffers of a cleared cache are retired until the next flush (slots may point there).
-        self._names: dict[Any, int] = {}
+        self._names: dict[Any, int] = {None: 0} if core.connected else {}
         self._name_buffers: list[ctypes.Array[ctypes.c_char]] = []
         self._retired: list[ctypes.Array[ctypes.c_char]] = []
         self.count: int = 0  # slots filled
@@ -205,7 +218,7 @@ class ReplyBatch:
         if core.closed:
             self.discard()
             return True
-        tally = self._tally
+        tally = self.tally
         lengths = self._iov_lengths
         fd = core.sock.fileno()
         retried = -1

@@ -18,13 +18,24 @@ _MAX_PARSE_ERROR_MESSAGE = 200
 if TYPE_CHECKING:
     from .serializers import Serializer
 
-__all__ = ("MAX_UDP_PAYLOAD", "DatagramProtocol", "RecvT", "SendT", "default_protocol")
+__all__ = (
+    "MAX_DATAGRAM_SIZE",
+    "MAX_UDP_PAYLOAD",
+    "DatagramProtocol",
+    "RecvT",
+    "SendT",
+    "default_protocol",
+)
 
 SendT = TypeVar("SendT")
 RecvT = TypeVar("RecvT")
 
 #: The largest UDP payload over IPv4: 65,535 minus the 8-byte UDP and 20-byte IPv4 headers.
 MAX_UDP_PAYLOAD = 65507
+
+#: The highest ``max_datagram_size`` a protocol accepts (16 MiB): IPv6 carries 65,527 bytes
+#: of UDP payload and a Unix datagram socket as much as its send buffer holds.
+MAX_DATAGRAM_SIZE = 1 << 24
 
 
 class DatagramProtocol(Generic[SendT, RecvT]):
@@ -38,10 +49,13 @@ class DatagramProtocol(Generic[SendT, RecvT]):
             packets of type ``SendT``; receiving uses ``deserialize`` to produce ``RecvT``.
         max_datagram_size: The largest datagram :meth:`make_datagram` produces, in bytes.
             Receivers read with a buffer one byte larger, so longer datagrams are detected and
-            never parsed.
+            never parsed. The default, 65,507, is the most IPv4 carries; IPv6 carries up to
+            65,527 and a Unix datagram socket as much as its send buffer holds (up to 16 MiB
+            here). A datagram longer than its socket's family carries is refused when sent,
+            with :exc:`DatagramTooLargeError`.
 
     Raises:
-        ValueError: ``max_datagram_size`` is not between 1 and 65,507.
+        ValueError: ``max_datagram_size`` is not between 1 and 16 MiB (16,777,216).
         TypeError: ``max_datagram_size`` is not an int.
     """
 
@@ -57,9 +71,9 @@ class DatagramProtocol(Generic[SendT, RecvT]):
             raise TypeError(
                 f"max_datagram_size must be an int, not {type(max_datagram_size).__name__}"
             )
-        if not 1 <= max_datagram_size <= MAX_UDP_PAYLOAD:
+        if not 1 <= max_datagram_size <= MAX_DATAGRAM_SIZE:
             raise ValueError(
-                f"max_datagram_size must be between 1 and {MAX_UDP_PAYLOAD}, "
+                f"max_datagram_size must be between 1 and {MAX_DATAGRAM_SIZE}, "
                 f"got {max_datagram_size}"
             )
         self._serializer = serializer

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import functools
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final, Protocol, overload
 
 import anyio
 import anyio.lowlevel
 
 from ._backend import Primitives, current_primitives
+from ._batches import BatchSender
 from ._io_core import (
     MAX_BATCH,
     BoundPath,
@@ -28,6 +29,8 @@ from ._io_core import (
     Tally,
     normalize_address,
 )
+from ._mmsg import RecvMmsg
+from ._mmsg import available as mmsg_available
 
 if TYPE_CHECKING:
     from ._mmsg_send import ReplyBatch
@@ -187,10 +190,10 @@ class SocketIO(Tally):
     send_nowait: _SendNowait
 
     __slots__ = (
+        "_batch_sender",
         "_core",
         "_primitives",
         "_ready_ops",
-        "_receive",
         "_recv_waiter",
         "_send_waiter",
         "_wait_readable",
@@ -221,7 +224,6 @@ class SocketIO(Tally):
             strategy=strategy,
         )
         self.sock: SocketLike = sock
-        self._receive = core.receive
         self.send_nowait = functools.partial(core.send, self)
         self._waits = waits
         self._ready_ops = 0
@@ -235,6 +237,8 @@ class SocketIO(Tally):
         #: handler pool sets it while the reading task runs a batch's handlers), else None.
         self.reply_batch: ReplyBatch | None = None
         self.queueing: ReplyBatch | None = None
+        #: ``send_packets``' sender, made (with the ``recv_packets`` strategy) at first use.
+        self._batch_sender: BatchSender | None = None
 
     def __repr__(self) -> str:
         return f"<SocketIO {self.sock!r}>"
@@ -324,7 +328,7 @@ class SocketIO(Tally):
                 ICMP error for an earlier send; anything else the kernel reports.
         """
         self.check_open()
-        return self._receive(max_count, self)
+        return self._core.receive(max_count, self)
 
     async def receive(self, max_count: int) -> list[Received]:
         """Wait until a datagram is ready, then take up to ``max_count`` of them.
@@ -337,12 +341,41 @@ class SocketIO(Tally):
             self._ready_ops = 0
             await self.primitives.checkpoint()
         self.check_open()
-        batch = self._receive(max_count, self)
+        receive = self._core.receive
+        batch = receive(max_count, self)
         woke = False
         while not batch:
             await self.wait_readable(after_wakeup=woke)
             woke = True
-            batch = self._receive(max_count, self)
+            receive = self._core.receive
+            batch = receive(max_count, self)
+        return batch
+
+    async def receive_many(self, max_count: int) -> list[Received]:
+        """:meth:`receive` for ``recv_packets``: batched system calls where the socket has them.
+
+        The batch strategy is chosen at the first call (``recvmmsg`` on Linux IP sockets,
+        unless ``ANYDGRAM_BATCHED_SYSCALLS=0``; the socket's own receive elsewhere).
+        """
+        if self._batch_sender is None:
+            self._choose_batch_paths()
+        await self.fairness_checkpoint()
+        core = self._core
+        if core.closed:
+            raise anyio.ClosedResourceError
+        batch = core.receive_many(max_count, self)
+        woke = False
+        while not batch:
+            await self.wait_readable(after_wakeup=woke)
+            woke = True
+            batch = core.receive_many(max_count, self)
+        # One system call takes at most MAX_BATCH: the rest of what is waiting, up to
+        # max_count, without waiting again.
+        while len(batch) < max_count:
+            more = core.receive_many(max_count - len(batch), self)
+            if not more:
+                break
+            batch += more
         return batch
 
     async def receive_one(self) -> tuple[bytes, Any]:
@@ -362,6 +395,10 @@ class SocketIO(Tally):
             woke = True
             item = core.receive_one(self)
         return item[0], item[1]
+
+    def push_back(self, items: list[Received]) -> None:
+        """Put received datagrams back in front of the next receive (counted already)."""
+        self._core.push_back(items)
 
     async def wait_readable(self, *, after_wakeup: bool = False) -> None:
         """Wait until the socket is readable (or has an error to report).
@@ -408,6 +445,56 @@ class SocketIO(Tally):
                 woke_writable = True
             if self.send_nowait(data, address, source):
                 return
+
+    async def send_many(self, datagrams: Sequence[bytes], addresses: Sequence[Any] | None) -> None:
+        """Send checked datagrams in as few system calls as the socket allows.
+
+        ``addresses`` gives each datagram's destination (``None`` on a connected socket).
+        Waits while the kernel's buffer is full. A cancellation leaves each datagram sent once
+        or not at all: those sent are counted, the rest are forgotten. A datagram the kernel
+        refuses is counted and the others still go.
+
+        Raises:
+            anyio.ClosedResourceError: The socket was closed.
+            OSError: The kernel refused every datagram (the first refusal; all counted).
+            DatagramTooLargeError: The same, for a size the kernel refused.
+        """
+        sender = self._batch_sender
+        if sender is None:
+            sender = self._choose_batch_paths()
+        if sender.busy:  # another task's batch is waiting for room: this one gets its own
+            sender = BatchSender(self._core, batched=None if self._waits is None else False)
+        await self.fairness_checkpoint()
+        sender.busy = True
+        sender.reset()
+        try:
+            count = len(datagrams)
+            core = self._core
+            delay = UNIX_BACKOFF_FIRST
+            woke_writable = False
+            sent = sender.send(self, datagrams, addresses, 0)
+            while sent < count:
+                if core.is_unix and not core.connected and woke_writable:
+                    self.check_open()
+                    await anyio.sleep(delay)
+                    delay = min(delay * 2, UNIX_BACKOFF_MAX)
+                else:
+                    await self.wait_writable()
+                    woke_writable = True
+                sent = sender.send(self, datagrams, addresses, sent)
+        finally:
+            sender.busy = False
+        if count and sender.failed == count and sender.first_error is not None:
+            raise sender.first_error
+
+    def _choose_batch_paths(self) -> BatchSender:
+        """Pick the batch paths once: batched system calls for a kernel socket, if enabled."""
+        core = self._core
+        batched = None if self._waits is None else False
+        sender = self._batch_sender = BatchSender(core, batched=batched)
+        if sender.batched and mmsg_available() and core.family in (socket.AF_INET, socket.AF_INET6):
+            core.use_batch_receive(RecvMmsg(core))
+        return sender
 
     def queue_reply(self, data: bytes, address: Any) -> bool:
         """Queue a reply for the next flush, if :attr:`queueing`; ``False``: send it now."""

@@ -12,14 +12,20 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar, cast, overload
 
 import anyio
 
 from ._client_request import BUSY_ACTION, Match, ThreadedRequests
-from ._endpoint_base import Address, check_datagram_socket
+from ._endpoint_base import (
+    Address,
+    check_datagram_socket,
+    check_max_count,
+    make_datagrams,
+    parse_batch,
+)
 from ._errors import DatagramProtocolParseError
 from ._io_core import normalize_address
 from ._open_endpoint import check_host, check_port, connect_first
@@ -156,10 +162,29 @@ class _SyncBase(Generic[SendT, RecvT]):
         try:
             return self._protocol.build_packet_from_datagram(data)
         except DatagramProtocolParseError as exc:
-            with self._parse_lock:
-                self._parse_errors += 1
-            exc.address = address
+            self._parse_failed(exc, address)
             raise
+
+    def _parse_failed(self, exc: DatagramProtocolParseError, address: Address) -> None:
+        with self._parse_lock:
+            self._parse_errors += 1
+        exc.address = address
+
+    def _recv_packets(self, max_count: int, timeout: float | None) -> list[tuple[RecvT, Address]]:
+        check_max_count(max_count)
+        deadline = deadline_after(timeout)
+        requests = self._requests
+        batch = self._io.receive_many(max_count, deadline, requests)
+        if requests.pending:  # a request() started while this call waited
+            for data, address, _ in batch:
+                requests.deliver(data, address)
+            raise anyio.BusyResourceError(BUSY_ACTION)
+        return parse_batch(
+            self._protocol.build_packet_from_datagram,
+            batch,
+            self._io.push_back,
+            self._parse_failed,
+        )
 
     def _recv_datagram(self, deadline: float | None) -> tuple[bytes, Address]:
         requests = self._requests
@@ -186,6 +211,11 @@ class _SyncBase(Generic[SendT, RecvT]):
     def _send(self, packet: SendT, address: Address, timeout: float | None) -> None:
         deadline = deadline_after(timeout)
         self._io.send(self._protocol.make_datagram(packet), address, deadline)
+
+    def _send_datagrams(
+        self, datagrams: list[bytes], addresses: list[Any] | None, timeout: float | None
+    ) -> None:
+        self._io.send_many(datagrams, addresses, deadline_after(timeout))
 
     def _request(
         self,
@@ -354,6 +384,42 @@ class SyncDatagramClient(_SyncBase[SendT, RecvT]):
         """
         data, address = self._recv_datagram(deadline_after(timeout))
         return self._parse(data, address)
+
+    def send_packets(self, packets: Iterable[SendT], *, timeout: float | None = None) -> None:
+        """Send every packet of ``packets`` to the peer, one datagram each, in order.
+
+        As :meth:`anydgram.DatagramClient.send_packets`: every packet is serialized and
+        checked first, then they leave in as few system calls as the platform allows. Blocks
+        while the kernel's send buffer is full, for at most ``timeout`` seconds in all
+        (``None``: no limit).
+
+        Raises:
+            TimeoutError: The kernel had not taken every datagram after ``timeout`` seconds;
+                those it took are counted in ``datagrams_sent``, the rest were not sent.
+            ValueError: ``timeout`` is negative.
+            DatagramTooLargeError: A datagram exceeds the protocol's ``max_datagram_size`` or
+                what the socket's family carries; nothing was sent.
+            ConnectionRefusedError: The peer refused every datagram (ICMP port unreachable).
+            anyio.ClosedResourceError: The client is closed, before or during the call.
+        """
+        datagrams = make_datagrams(self._protocol, self._io.sock.family, packets)
+        self._send_datagrams(datagrams, None, timeout)
+
+    def recv_packets(self, *, max_count: int = 64, timeout: float | None = None) -> list[RecvT]:
+        """Wait up to ``timeout`` seconds for a packet; it and every one waiting, to ``max_count``.
+
+        As :meth:`anydgram.DatagramClient.recv_packets`; a timeout loses nothing.
+
+        Raises:
+            TimeoutError: Nothing arrived within ``timeout`` seconds.
+            TypeError: ``max_count`` is not an int.
+            ValueError: ``max_count`` is below 1, or ``timeout`` is negative.
+            DatagramProtocolParseError: The first datagram could not be parsed.
+            ConnectionRefusedError: The peer refused an earlier datagram.
+            anyio.BusyResourceError: A :meth:`request` call is pending.
+            anyio.ClosedResourceError: The client is closed, before or during the wait.
+        """
+        return [packet for packet, _ in self._recv_packets(max_count, timeout)]
 
     def iter_received_packets(self, *, timeout: float | None = 0) -> Iterator[RecvT]:
         """Yield received packets until ``timeout`` seconds have passed in all.

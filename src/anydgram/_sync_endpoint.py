@@ -8,13 +8,13 @@ The unconnected twin of :class:`~anydgram.SyncDatagramClient`, built on the same
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar, overload
 
 import anyio
 
 from ._client_request import destination_key, key_from_addrinfo
-from ._endpoint_base import Address, check_datagram_socket, is_connected
+from ._endpoint_base import Address, check_datagram_socket, is_connected, split_addressed
 from ._multicast import set_membership
 from ._open_endpoint import bind_first, check_bind_arguments
 from ._protocol import DatagramProtocol, RecvT, SendT
@@ -177,6 +177,48 @@ class SyncDatagramEndpoint(_SyncBase[SendT, RecvT]):
         """
         data, address = self._recv_datagram(deadline_after(timeout))
         return self._parse(data, address), address
+
+    def send_packets(
+        self, packets: Iterable[tuple[SendT, Address]], *, timeout: float | None = None
+    ) -> None:
+        """Send each ``(packet, address)`` of ``packets`` as one datagram, in order.
+
+        As :meth:`anydgram.DatagramEndpoint.send_packets`: every packet and address is
+        checked first, then they leave in as few system calls as the platform allows. Blocks
+        while the kernel's send buffer is full, for at most ``timeout`` seconds in all
+        (``None``: no limit).
+
+        Raises:
+            TimeoutError: The kernel had not taken every datagram after ``timeout`` seconds;
+                those it took are counted in ``datagrams_sent``, the rest were not sent.
+            TypeError: An item is not a ``(packet, address)`` pair or an address has the wrong
+                type; nothing was sent.
+            ValueError: ``timeout`` is negative.
+            DatagramTooLargeError: A datagram exceeds the protocol's ``max_datagram_size`` or
+                what the socket's family carries; nothing was sent.
+            anyio.ClosedResourceError: The endpoint is closed, before or during the call.
+            OSError: The kernel refused every datagram (the first refusal).
+        """
+        datagrams, addresses = split_addressed(self._protocol, self._io.sock.family, packets)
+        self._send_datagrams(datagrams, addresses, timeout)
+
+    def recv_packets(
+        self, *, max_count: int = 64, timeout: float | None = None
+    ) -> list[tuple[RecvT, Address]]:
+        """Wait up to ``timeout`` seconds for a packet; it and every one waiting, to ``max_count``.
+
+        As :meth:`anydgram.DatagramEndpoint.recv_packets` (``(packet, sender_address)``
+        items); a timeout loses nothing.
+
+        Raises:
+            TimeoutError: Nothing arrived within ``timeout`` seconds.
+            TypeError: ``max_count`` is not an int.
+            ValueError: ``max_count`` is below 1, or ``timeout`` is negative.
+            DatagramProtocolParseError: The first datagram could not be parsed.
+            anyio.BusyResourceError: A :meth:`request` call is pending.
+            anyio.ClosedResourceError: The endpoint is closed, before or during the wait.
+        """
+        return self._recv_packets(max_count, timeout)
 
     def iter_received_packets(
         self, *, timeout: float | None = 0

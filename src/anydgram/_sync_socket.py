@@ -23,11 +23,16 @@ import select
 import socket
 import threading
 import time
+from collections import deque
+from collections.abc import Sequence
 from typing import Any, Final, Protocol
 
 import anyio
 
-from ._io_core import IS_LINUX, BoundPath, SocketCore, Tally
+from ._batches import BatchSender, uses_batches
+from ._io_core import IS_LINUX, MAX_BATCH, BoundPath, Received, SocketCore, Tally
+from ._mmsg import RecvMmsg
+from ._mmsg import available as mmsg_available
 from ._socket_io import UNIX_BACKOFF_FIRST, UNIX_BACKOFF_MAX
 
 __all__ = ("ThreadedSocketIO", "deadline_after")
@@ -119,11 +124,15 @@ class ThreadedSocketIO:
     """
 
     __slots__ = (
+        "_batch_lock",
+        "_batch_receive",
         "_close_lock",
         "_closed",
         "_core",
         "_drain_on_wake",
         "_fd",
+        "_idle_sender",
+        "_pending",
         "_recv",
         "_release_pending",
         "_released",
@@ -157,6 +166,14 @@ class ThreadedSocketIO:
         self._close_lock = threading.Lock()
         self._recv = _Side()
         self._send = _Side()
+        #: ``recv_packets``' batch receive (chosen at first use; its buffers are shared, so
+        #: one thread at a time uses it, under ``_batch_lock``) and the datagrams a batch put
+        #: back (under the receive side's lock).
+        self._batch_lock = threading.Lock()
+        self._batch_receive: Any = None
+        self._pending: deque[Received] = deque()
+        #: ``send_packets``' sender when no thread is using it.
+        self._idle_sender: BatchSender | None = None
 
     # -- state -----------------------------------------------------------------------------
 
@@ -293,6 +310,61 @@ class ThreadedSocketIO:
         finally:
             self._leave(side, tally)
 
+    def receive_many(
+        self, max_count: int, deadline: float | None, busy: _Busy | None = None
+    ) -> list[Received]:
+        """Wait for a datagram, then take every one waiting up to ``max_count``.
+
+        Batched system calls where the socket has them (``recvmmsg`` on Linux IP sockets,
+        unless ``ANYDGRAM_BATCHED_SYSCALLS=0``). Errors are those of :meth:`receive_one`.
+        """
+        side = self._recv
+        self._enter(side)
+        tally = Tally()
+        try:
+            woke = False
+            while True:
+                if busy is not None and busy.pending:
+                    raise anyio.BusyResourceError(_BUSY_ACTION)
+                with side.lock:
+                    pending = self._pending
+                    if pending:
+                        return [pending.popleft() for _ in range(min(max_count, len(pending)))]
+                batch = self._take_batch(max_count, tally)
+                if batch:
+                    while len(batch) < max_count:
+                        more = self._take_batch(max_count - len(batch), tally)
+                        if not more:
+                            break
+                        batch += more
+                    return batch
+                if woke and self._drain_on_wake:
+                    self._core.drain_error_queue(tally)
+                self._wait(select.POLLIN, deadline)
+                woke = True
+        finally:
+            self._leave(side, tally)
+
+    def _take_batch(self, max_count: int, tally: Tally) -> list[Received]:
+        with self._batch_lock:
+            receive = self._batch_receive
+            if receive is None:
+                core = self._core
+                receive = core.receive
+                if (
+                    uses_batches(core)
+                    and mmsg_available()
+                    and core.family in (socket.AF_INET, socket.AF_INET6)
+                ):
+                    receive = RecvMmsg(core, MAX_BATCH).receive
+                self._batch_receive = receive
+            return receive(max_count, tally)  # type: ignore[no-any-return]
+
+    def push_back(self, items: list[Received]) -> None:
+        """Put received datagrams back in front of the next batch receive (counted already)."""
+        with self._recv.lock:
+            self._pending.extendleft(reversed(items))
+
     def discard_waiting(self, limit: int) -> int:
         """Take and discard up to ``limit`` datagrams already waiting; how many were taken.
 
@@ -343,6 +415,51 @@ class ThreadedSocketIO:
                     woke_writable = True
         finally:
             self._leave(side, tally)
+
+    def send_many(
+        self, datagrams: Sequence[bytes], addresses: Sequence[Any] | None, deadline: float | None
+    ) -> None:
+        """Send checked datagrams in as few system calls as the socket allows.
+
+        As :meth:`anydgram._socket_io.SocketIO.send_many`, waiting in ``poll()``.
+
+        Raises:
+            TimeoutError: ``deadline`` passed before the kernel took every datagram; those it
+                took are counted, the rest were not sent.
+            anyio.ClosedResourceError: The endpoint was closed, before or during the wait.
+            OSError: The kernel refused every datagram (the first refusal; all counted).
+        """
+        side = self._send
+        self._enter(side)
+        tally = Tally()
+        core = self._core
+        with side.lock:
+            sender, self._idle_sender = self._idle_sender, None
+        if sender is None:
+            sender = BatchSender(core)
+        sender.reset()
+        try:
+            count = len(datagrams)
+            delay = UNIX_BACKOFF_FIRST
+            woke_writable = False
+            sent = sender.send(tally, datagrams, addresses, 0)
+            while sent < count:
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    raise TimeoutError("timed out")
+                if core.is_unix and not core.connected and woke_writable:
+                    self._sleep(delay if deadline is None else min(delay, deadline - now))
+                    delay = min(delay * 2, UNIX_BACKOFF_MAX)
+                else:
+                    self._wait(select.POLLOUT, deadline)
+                    woke_writable = True
+                sent = sender.send(tally, datagrams, addresses, sent)
+        finally:
+            self._leave(side, tally)
+            with side.lock:
+                self._idle_sender = sender
+        if count and sender.failed == count and sender.first_error is not None:
+            raise sender.first_error
 
     # -- closing -----------------------------------------------------------------------------
 

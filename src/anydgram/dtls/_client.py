@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, Final, TypeVar, overload
 
@@ -76,6 +77,19 @@ class ClientSetup:
             server=False,
             server_hostname=self.server_hostname,
         )
+
+
+def check_plaintext(data: bytes) -> None:
+    """Refuse what one DTLS record cannot carry.
+
+    Raises:
+        DatagramTooLargeError: ``data`` is longer than one record carries.
+        ValueError: ``data`` is empty (OpenSSL sends no empty record).
+    """
+    if len(data) > MAX_RECORD_PLAINTEXT:
+        raise DatagramTooLargeError(len(data), MAX_RECORD_PLAINTEXT)
+    if not data:
+        raise ValueError("DTLS cannot carry an empty packet (OpenSSL sends no empty record)")
 
 
 def peer_closed() -> DTLSError:
@@ -182,14 +196,26 @@ class DTLSSocketIO(SocketIO):
             DatagramTooLargeError: ``data`` is longer than one record carries.
             DTLSError: The peer closed the association.
         """
-        if len(data) > MAX_RECORD_PLAINTEXT:
-            raise DatagramTooLargeError(len(data), MAX_RECORD_PLAINTEXT)
-        if not data:
-            raise ValueError("DTLS cannot carry an empty packet (OpenSSL sends no empty record)")
+        check_plaintext(data)
         if self.association.closed_by_peer:
             raise peer_closed()
         for datagram in self.association.seal(data):
             await SocketIO.send(self, datagram, address, source)
+
+    async def receive_many(self, max_count: int) -> list[Received]:
+        """:meth:`receive`: records are opened one datagram at a time."""
+        return await self.receive(max_count)
+
+    def push_back(self, items: list[Received]) -> None:
+        """Put plaintexts back in front of the next receive."""
+        self._plain.extendleft(reversed([data for data, _, _ in items]))
+
+    async def send_many(self, datagrams: Sequence[bytes], addresses: Sequence[Any] | None) -> None:
+        """Seal and send each datagram in turn, every one checked first."""
+        for data in datagrams:
+            check_plaintext(data)
+        for data in datagrams:
+            await self.send(data, None)
 
     async def aclose(self) -> None:
         """Send close_notify (best effort), then close the socket."""
