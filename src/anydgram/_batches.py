@@ -18,7 +18,6 @@ Per-datagram errors are counted as the one-by-one sends count them, and the batc
 from __future__ import annotations
 
 import errno
-import socket
 import struct
 from collections.abc import Sequence
 from typing import Any, Final
@@ -36,6 +35,7 @@ __all__ = (
     "UDP_GRO",
     "UDP_SEGMENT",
     "BatchSender",
+    "choose_batch_receive",
     "family_limit",
     "uses_batches",
 )
@@ -67,6 +67,29 @@ def uses_batches(core: SocketCore, batched: bool | None = None) -> bool:
     if batched is None:
         batched = enabled_by_environment()
     return batched and sendmmsg_available() and (core.family in _FAMILY_LIMITS or core.connected)
+
+
+def choose_batch_receive(core: SocketCore, batched: bool | None = None) -> str:
+    """Give ``core`` its batch receive, once; which one: ``"gro"``, ``"recvmmsg"``, ``""``.
+
+    On a Linux IP socket (unless ``batched`` is false or ``ANYDGRAM_BATCHED_SYSCALLS=0``):
+    ``UDP_GRO`` where the kernel accepts it, with every receive of the socket splitting
+    coalesced buffers from then on; else ``recvmmsg`` for ``recv_packets``. Elsewhere the
+    socket's own receive serves ``recv_packets`` too.
+    """
+    from ._gro import RecvGro, enable_gro
+    from ._mmsg import RecvMmsg
+    from ._mmsg import available as recvmmsg_available
+
+    if not (uses_batches(core, batched) and recvmmsg_available()):
+        return ""
+    if core.family not in _FAMILY_LIMITS:
+        return ""
+    if enable_gro(core):
+        core.use_strategy(RecvGro(core))
+        return "gro"
+    core.use_batch_receive(RecvMmsg(core))
+    return "recvmmsg"
 
 
 def _probe_gso(core: SocketCore) -> bool:

@@ -15,6 +15,7 @@ import socket
 import stat
 import struct
 import sys
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, Final, Protocol, overload
@@ -253,6 +254,7 @@ class SocketCore:
 
     __slots__ = (
         "_pending",
+        "_pending_lock",
         "_saved",
         "bufsize",
         "closed",
@@ -301,6 +303,7 @@ class SocketCore:
         #: the strategy's unless :meth:`use_batch_receive` chose a batched one.
         self.receive_many: Callable[[int, Tally], list[Received]] = chosen.receive
         self._pending: deque[Received] | None = None
+        self._pending_lock: threading.Lock | None = None
         self._saved: tuple[Callable[..., Any], ...] = ()
 
     def _receive_one(self, tally: Tally) -> Received | None:
@@ -309,10 +312,44 @@ class SocketCore:
 
     def use_batch_receive(self, strategy: ReceiveStrategy) -> None:
         """Take ``recv_packets`` batches with ``strategy`` (``recvmmsg``, say)."""
-        if self._pending is None:
-            self.receive_many = strategy.receive
-        else:  # restored when the pending datagrams are gone
-            self._saved = (*self._saved[:2], strategy.receive)
+        self._use(receive_many=strategy.receive)
+
+    def use_strategy(self, strategy: ReceiveStrategy) -> None:
+        """Take every receive with ``strategy`` from now on (a socket with ``UDP_GRO``)."""
+
+        def receive_one(tally: Tally) -> Received | None:
+            batch = strategy.receive(1, tally)
+            return batch[0] if batch else None
+
+        self._use(strategy.receive, receive_one, strategy.receive)
+
+    def _use(
+        self,
+        receive: Callable[[int, Tally], list[Received]] | None = None,
+        receive_one: Callable[[Tally], Received | None] | None = None,
+        receive_many: Callable[[int, Tally], list[Received]] | None = None,
+    ) -> None:
+        chosen = (receive, receive_one, receive_many)
+        with self._lock_pending():
+            current = self._saved if self._pending is not None else self._receives()
+            merged = tuple(
+                new if new is not None else old for new, old in zip(chosen, current, strict=True)
+            )
+            if self._pending is not None:
+                self._saved = merged  # in force once the pending datagrams are gone
+            else:
+                self.receive, self.receive_one, self.receive_many = merged  # type: ignore[assignment]
+
+    def _receives(self) -> tuple[Callable[..., Any], ...]:
+        return (self.receive, self.receive_one, self.receive_many)
+
+    def _lock_pending(self) -> threading.Lock:
+        # The blocking endpoints receive from several threads: the pending queue and the swap
+        # of the receive functions happen under one lock (made once, the first time).
+        lock = self._pending_lock
+        if lock is None:
+            lock = self._pending_lock = threading.Lock()
+        return lock
 
     # -- datagrams taken but not delivered --------------------------------------------------------
 
@@ -324,23 +361,26 @@ class SocketCore:
         """
         if not items:
             return
-        if self._pending is None:
-            self._pending = deque(items)
-            self._saved = (self.receive, self.receive_one, self.receive_many)
-            self.receive = self.receive_many = self._take_pending
-            self.receive_one = self._take_one_pending
-        else:
-            self._pending.extendleft(reversed(items))
+        with self._lock_pending():
+            if self._pending is None:
+                self._pending = deque(items)
+                self._saved = self._receives()
+                self.receive = self.receive_many = self._take_pending
+                self.receive_one = self._take_one_pending
+            else:
+                self._pending.extendleft(reversed(items))
 
     def _take_pending(self, max_count: int, tally: Tally) -> list[Received]:
-        pending = self._pending
-        assert pending is not None
-        batch = [pending.popleft() for _ in range(min(max_count, len(pending)))]
-        if not pending:
-            self._pending = None
-            self.receive, self.receive_one, self.receive_many = self._saved
-            self._saved = ()
-        return batch
+        with self._lock_pending():
+            pending = self._pending
+            if pending is None:  # another thread took the last one meanwhile: try again
+                return []
+            batch = [pending.popleft() for _ in range(min(max_count, len(pending)))]
+            if not pending:
+                self._pending = None
+                self.receive, self.receive_one, self.receive_many = self._saved
+                self._saved = ()
+            return batch
 
     def _take_one_pending(self, tally: Tally) -> Received | None:
         batch = self._take_pending(1, tally)

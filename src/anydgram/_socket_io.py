@@ -17,7 +17,7 @@ import anyio
 import anyio.lowlevel
 
 from ._backend import Primitives, current_primitives
-from ._batches import BatchSender
+from ._batches import BatchSender, choose_batch_receive
 from ._io_core import (
     MAX_BATCH,
     BoundPath,
@@ -29,8 +29,6 @@ from ._io_core import (
     Tally,
     normalize_address,
 )
-from ._mmsg import RecvMmsg
-from ._mmsg import available as mmsg_available
 
 if TYPE_CHECKING:
     from ._mmsg_send import ReplyBatch
@@ -190,6 +188,7 @@ class SocketIO(Tally):
     send_nowait: _SendNowait
 
     __slots__ = (
+        "_batch_receive_chosen",
         "_batch_sender",
         "_core",
         "_primitives",
@@ -239,6 +238,7 @@ class SocketIO(Tally):
         self.queueing: ReplyBatch | None = None
         #: ``send_packets``' sender, made (with the ``recv_packets`` strategy) at first use.
         self._batch_sender: BatchSender | None = None
+        self._batch_receive_chosen = False
 
     def __repr__(self) -> str:
         return f"<SocketIO {self.sock!r}>"
@@ -354,11 +354,13 @@ class SocketIO(Tally):
     async def receive_many(self, max_count: int) -> list[Received]:
         """:meth:`receive` for ``recv_packets``: batched system calls where the socket has them.
 
-        The batch strategy is chosen at the first call (``recvmmsg`` on Linux IP sockets,
-        unless ``ANYDGRAM_BATCHED_SYSCALLS=0``; the socket's own receive elsewhere).
+        The batch strategy is chosen at the first call (see
+        :func:`~anydgram._batches.choose_batch_receive`: ``UDP_GRO`` or ``recvmmsg`` on Linux
+        IP sockets, unless ``ANYDGRAM_BATCHED_SYSCALLS=0``; the socket's own receive else).
         """
-        if self._batch_sender is None:
-            self._choose_batch_paths()
+        if not self._batch_receive_chosen:
+            self._batch_receive_chosen = True
+            choose_batch_receive(self._core, None if self._waits is None else False)
         await self.fairness_checkpoint()
         core = self._core
         if core.closed:
@@ -461,7 +463,8 @@ class SocketIO(Tally):
         """
         sender = self._batch_sender
         if sender is None:
-            sender = self._choose_batch_paths()
+            batched = None if self._waits is None else False
+            sender = self._batch_sender = BatchSender(self._core, batched=batched)
         if sender.busy:  # another task's batch is waiting for room: this one gets its own
             sender = BatchSender(self._core, batched=None if self._waits is None else False)
         await self.fairness_checkpoint()
@@ -486,15 +489,6 @@ class SocketIO(Tally):
             sender.busy = False
         if count and sender.failed == count and sender.first_error is not None:
             raise sender.first_error
-
-    def _choose_batch_paths(self) -> BatchSender:
-        """Pick the batch paths once: batched system calls for a kernel socket, if enabled."""
-        core = self._core
-        batched = None if self._waits is None else False
-        sender = self._batch_sender = BatchSender(core, batched=batched)
-        if sender.batched and mmsg_available() and core.family in (socket.AF_INET, socket.AF_INET6):
-            core.use_batch_receive(RecvMmsg(core))
-        return sender
 
     def queue_reply(self, data: bytes, address: Any) -> bool:
         """Queue a reply for the next flush, if :attr:`queueing`; ``False``: send it now."""

@@ -23,16 +23,13 @@ import select
 import socket
 import threading
 import time
-from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final, Protocol
 
 import anyio
 
-from ._batches import BatchSender, uses_batches
-from ._io_core import IS_LINUX, MAX_BATCH, BoundPath, Received, SocketCore, Tally
-from ._mmsg import RecvMmsg
-from ._mmsg import available as mmsg_available
+from ._batches import BatchSender, choose_batch_receive
+from ._io_core import IS_LINUX, BoundPath, Received, SocketCore, Tally
 from ._socket_io import UNIX_BACKOFF_FIRST, UNIX_BACKOFF_MAX
 
 __all__ = ("ThreadedSocketIO", "deadline_after")
@@ -124,15 +121,14 @@ class ThreadedSocketIO:
     """
 
     __slots__ = (
+        "_batch_chosen",
         "_batch_lock",
-        "_batch_receive",
         "_close_lock",
         "_closed",
         "_core",
         "_drain_on_wake",
         "_fd",
         "_idle_sender",
-        "_pending",
         "_recv",
         "_release_pending",
         "_released",
@@ -166,12 +162,10 @@ class ThreadedSocketIO:
         self._close_lock = threading.Lock()
         self._recv = _Side()
         self._send = _Side()
-        #: ``recv_packets``' batch receive (chosen at first use; its buffers are shared, so
-        #: one thread at a time uses it, under ``_batch_lock``) and the datagrams a batch put
-        #: back (under the receive side's lock).
+        #: ``recv_packets``' batch receive is chosen at its first use; the batched strategies'
+        #: buffers are shared, so one thread at a time receives with them (``_batch_lock``).
         self._batch_lock = threading.Lock()
-        self._batch_receive: Any = None
-        self._pending: deque[Received] = deque()
+        self._batch_chosen = False
         #: ``send_packets``' sender when no thread is using it.
         self._idle_sender: BatchSender | None = None
 
@@ -295,12 +289,16 @@ class ThreadedSocketIO:
         self._enter(side)
         tally = Tally()
         try:
-            receive_one = self._core.receive_one
+            core = self._core
             woke = False
             while True:
                 if busy is not None and busy.pending:
                     raise anyio.BusyResourceError(_BUSY_ACTION)
-                item = receive_one(tally)
+                if self._batch_chosen:  # batched buffers (GRO) may serve this receive too
+                    with self._batch_lock:
+                        item = core.receive_one(tally)
+                else:
+                    item = core.receive_one(tally)
                 if item is not None:
                     return item[0], item[1]
                 if woke and self._drain_on_wake:
@@ -315,55 +313,48 @@ class ThreadedSocketIO:
     ) -> list[Received]:
         """Wait for a datagram, then take every one waiting up to ``max_count``.
 
-        Batched system calls where the socket has them (``recvmmsg`` on Linux IP sockets,
-        unless ``ANYDGRAM_BATCHED_SYSCALLS=0``). Errors are those of :meth:`receive_one`.
+        Batched system calls where the socket has them (chosen at the first call, as for the
+        async sockets). Errors are those of :meth:`receive_one`.
         """
         side = self._recv
         self._enter(side)
         tally = Tally()
+        core = self._core
         try:
+            if not self._batch_chosen:
+                with self._batch_lock:
+                    if not self._batch_chosen:
+                        choose_batch_receive(core)
+                        self._batch_chosen = True
             woke = False
             while True:
                 if busy is not None and busy.pending:
                     raise anyio.BusyResourceError(_BUSY_ACTION)
-                with side.lock:
-                    pending = self._pending
-                    if pending:
-                        return [pending.popleft() for _ in range(min(max_count, len(pending)))]
-                batch = self._take_batch(max_count, tally)
+                batch = self._take(core.receive_many, max_count, tally)
                 if batch:
                     while len(batch) < max_count:
-                        more = self._take_batch(max_count - len(batch), tally)
+                        more = self._take(core.receive_many, max_count - len(batch), tally)
                         if not more:
                             break
                         batch += more
                     return batch
                 if woke and self._drain_on_wake:
-                    self._core.drain_error_queue(tally)
+                    core.drain_error_queue(tally)
                 self._wait(select.POLLIN, deadline)
                 woke = True
         finally:
             self._leave(side, tally)
 
-    def _take_batch(self, max_count: int, tally: Tally) -> list[Received]:
+    def _take(
+        self, receive: Callable[[int, Tally], list[Received]], max_count: int, tally: Tally
+    ) -> list[Received]:
+        # The batched strategies' buffers are shared: one thread at a time.
         with self._batch_lock:
-            receive = self._batch_receive
-            if receive is None:
-                core = self._core
-                receive = core.receive
-                if (
-                    uses_batches(core)
-                    and mmsg_available()
-                    and core.family in (socket.AF_INET, socket.AF_INET6)
-                ):
-                    receive = RecvMmsg(core, MAX_BATCH).receive
-                self._batch_receive = receive
-            return receive(max_count, tally)  # type: ignore[no-any-return]
+            return receive(max_count, tally)
 
     def push_back(self, items: list[Received]) -> None:
-        """Put received datagrams back in front of the next batch receive (counted already)."""
-        with self._recv.lock:
-            self._pending.extendleft(reversed(items))
+        """Put received datagrams back in front of the next receive (counted already)."""
+        self._core.push_back(items)
 
     def discard_waiting(self, limit: int) -> int:
         """Take and discard up to ``limit`` datagrams already waiting; how many were taken.
