@@ -118,7 +118,16 @@ class BatchSender:
         failed: How many datagrams the kernel refused since :meth:`reset`.
     """
 
-    __slots__ = ("_core", "_gso", "_gso_ceiling", "_slots", "busy", "failed", "first_error")
+    __slots__ = (
+        "_controls",
+        "_core",
+        "_gso",
+        "_gso_ceiling",
+        "_slots",
+        "busy",
+        "failed",
+        "first_error",
+    )
 
     def __init__(self, core: SocketCore, *, batched: bool | None = None) -> None:
         self._core = core
@@ -129,6 +138,8 @@ class BatchSender:
         self._gso = self._slots is not None and _probe_gso(core)
         #: Segments at least this long are not sent with GSO (the route's MTU refused one).
         self._gso_ceiling = 1 << 16
+        #: The UDP_SEGMENT control message for each segment size met (a few, reused).
+        self._controls: dict[int, list[tuple[int, int, bytes]]] = {}
         self.busy = False
         self.failed = 0
         self.first_error: Exception | None = None
@@ -183,13 +194,14 @@ class BatchSender:
             return self._send_one_by_one(tally, datagrams, addresses, start)
         slots.tally = tally
         count = len(datagrams)
+        sizes = list(map(len, datagrams)) if self._gso else []
         gso_until = start  # datagrams before this index are not tried with GSO again
         queued_from = start  # the datagram in the first queued slot
         i = start
         while i < count:
             address = None if addresses is None else addresses[i]
             if self._gso and i >= gso_until:
-                end = self._run_end(datagrams, addresses, i)
+                end = self._run_end(sizes, addresses, i)
                 if end - i > 1:
                     if slots.count and not slots.flush():
                         return self._blocked(queued_from)
@@ -226,24 +238,37 @@ class BatchSender:
         slots.discard()
         return resume
 
-    def _run_end(self, datagrams: Sequence[bytes], addresses: Sequence[Any] | None, i: int) -> int:
-        """The end of the GSO run starting at ``i``: equal sizes to one peer, the last shorter."""
-        size = len(datagrams[i])
+    def _run_end(self, sizes: list[int], addresses: Sequence[Any] | None, i: int) -> int:
+        """The end of the GSO run starting at ``i``: equal sizes to one peer, the last shorter.
+
+        ``sizes`` are the datagrams' lengths.
+        """
+        size = sizes[i]
         if not size or size >= self._gso_ceiling:
             return i + 1
-        count = len(datagrams)
-        limit = _FAMILY_LIMITS[self._core.family]
-        stop = min(count, i + MAX_GSO_SEGMENTS, i + limit // size)
+        count = len(sizes)
+        family_limit = _FAMILY_LIMITS[self._core.family]
+        stop = min(count, i + MAX_GSO_SEGMENTS, i + family_limit // size)
         address = None if addresses is None else addresses[i]
-        j = i + 1
-        while j < stop:
-            if addresses is not None and addresses[j] != address:
-                break
-            length = len(datagrams[j])
-            if length != size:
-                if 0 < length < size:
-                    j += 1  # a shorter one may end the run
-                break
+        # The common case, all of it to one peer and of one size, is compared in C.
+        if sizes[i:stop].count(size) == stop - i and (
+            addresses is None or addresses[i:stop].count(address) == stop - i
+        ):
+            j = stop
+        else:
+            j = i + 1
+            while j < stop and sizes[j] == size:
+                if addresses is not None and addresses[j] != address:
+                    return j
+                j += 1
+        # A shorter one may end the run.
+        if (
+            j < count
+            and j - i < MAX_GSO_SEGMENTS
+            and 0 < sizes[j] < size
+            and (j - i) * size + sizes[j] <= family_limit
+            and (addresses is None or addresses[j] == address)
+        ):
             j += 1
         return j
 
@@ -253,7 +278,11 @@ class BatchSender:
         """One GSO send of ``datagrams[i:end]``: sent, refused (``False``), or would block."""
         run = datagrams[i:end]
         size = len(run[0])
-        control = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", size))]
+        control = self._controls.get(size)
+        if control is None:
+            if len(self._controls) >= 64:
+                self._controls.clear()
+            control = self._controls[size] = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", size))]
         core = self._core
         try:
             if address is None:

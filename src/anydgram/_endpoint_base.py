@@ -24,6 +24,7 @@ from ._protocol import DatagramProtocol, RecvT, SendT
 from ._retry_schedule import AttemptSchedule
 from ._socket_io import SocketIO, SocketProxy
 from ._statistics import EndpointStatistics
+from .serializers._raw import BytesSerializer
 
 __all__ = (
     "Address",
@@ -94,8 +95,18 @@ def make_datagrams(
         DatagramTooLargeError: A datagram is over the protocol's limit or longer than the
             socket's family carries (IPv4: 65,507 bytes; IPv6: 65,527).
     """
-    make = protocol.make_datagram
-    datagrams = [make(packet) for packet in packets]
+    datagrams: list[bytes]
+    if type(protocol.serializer) is BytesSerializer and type(protocol) is DatagramProtocol:
+        # The raw-bytes protocol: the packets are the datagrams once they are bytes.
+        datagrams = list(packets)  # type: ignore[arg-type]
+        raw: DatagramProtocol[Any, Any] = protocol
+        if {*map(type, datagrams)} - {bytes}:  # a set of the types: checked in C
+            datagrams = [raw.make_datagram(packet) for packet in datagrams]
+        elif datagrams and max(map(len, datagrams)) > protocol.max_datagram_size:
+            raw.make_datagram(max(datagrams, key=len))  # raises DatagramTooLargeError
+    else:
+        make = protocol.make_datagram
+        datagrams = [make(packet) for packet in packets]
     limit = family_limit(family)
     if limit is not None and protocol.max_datagram_size > limit:
         for data in datagrams:
@@ -134,8 +145,9 @@ def split_addressed(
 
 
 def parse_batch(
-    build: Callable[[bytes], _R],
+    protocol: DatagramProtocol[Any, _R],
     batch: list[Received],
+    received_limit: int,
     push_back: Callable[[list[Received]], None],
     failed: Callable[[DatagramProtocolParseError, Address], None],
 ) -> list[tuple[_R, Address]]:
@@ -144,8 +156,17 @@ def parse_batch(
     The datagrams from the undecodable one on go back in front of the socket's (``push_back``):
     when it is the first, its error is counted (``failed``) and raised now; else the batch
     before it is returned and the next receive meets it again. Nothing is lost, and each parse
-    error is counted once.
+    error is counted once. With the raw-bytes protocol, whose parse is the identity, and
+    datagrams no longer than its limit (``received_limit``, what the socket delivers at most),
+    nothing is parsed.
     """
+    if (
+        type(protocol.serializer) is BytesSerializer
+        and type(protocol) is DatagramProtocol
+        and received_limit <= protocol.max_datagram_size
+    ):
+        return [(data, address) for data, address, _ in batch]  # type: ignore[misc]
+    build = protocol.build_packet_from_datagram
     packets: list[tuple[_R, Address]] = []
     for index, (data, address, _) in enumerate(batch):
         try:
@@ -258,10 +279,7 @@ class BaseEndpoint(TypedAttributeProvider, Generic[SendT, RecvT]):
         if self._requests is not None:  # a request() started while this call waited
             self._batch_taken_while_busy(batch)
         return parse_batch(
-            self._protocol.build_packet_from_datagram,
-            batch,
-            io.push_back,
-            self._parse_failed,
+            self._protocol, batch, io.max_datagram_size, io.push_back, self._parse_failed
         )
 
     def _count_unmatched(self, count: int) -> None:

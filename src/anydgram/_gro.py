@@ -71,7 +71,7 @@ def segment_size(control: bytes) -> int:
 class _GroReceiver(MmsgReceiver):
     """:class:`MmsgReceiver` with 64 KiB slots and a control buffer per slot."""
 
-    __slots__ = ("_control", "_control_lengths", "_control_view", "_reset_lengths")
+    __slots__ = ("_control", "_control_lengths", "_control_view", "_reset_lengths", "buffers")
 
     def __init__(self, capacity: int, family: int) -> None:
         super().__init__(capacity, _GRO_SLOT, family)
@@ -89,6 +89,8 @@ class _GroReceiver(MmsgReceiver):
         resets = (ctypes.c_size_t * capacity)(*[_CONTROL_SIZE] * capacity)
         self._reset_lengths = memoryview(resets).cast("B").cast("P")
         self._control_view = memoryview(self._control).cast("B")
+        #: How many buffers the last call received.
+        self.buffers = 0
 
     def receive_segments(
         self, fd: int, max_count: int, limit: int
@@ -111,7 +113,7 @@ class _GroReceiver(MmsgReceiver):
         lengths: list[int] = self._lengths_view[:received].tolist()
         control_lengths: list[int] = self._control_lengths[:received].tolist()
         names = self._names_view[: received * _SOCKADDR_SIZE].tobytes()
-        data_view = self._data_view
+        memory = self._buffer_map
         addresses = self._addresses
         namelen = self._namelen
         batch: list[Received] = []
@@ -136,27 +138,44 @@ class _GroReceiver(MmsgReceiver):
                 size = segment_size(
                     self._control_view[start : start + control_lengths[i]].tobytes()
                 )
-            if size <= 0 or size > length:
-                size = length  # one datagram, not coalesced
-            end = offset + length
-            for segment in range(offset, end, size):
-                piece = min(size, end - segment)
-                if piece > limit:
+            if size <= 0 or size >= length:  # one datagram, not coalesced
+                if length > limit:
                     oversize += 1
-                    continue
-                nbytes += piece
-                append((data_view[segment : segment + piece].tobytes(), address, None))
+                else:
+                    nbytes += length
+                    append((memory[offset : offset + length], address, None))
+                continue
+            # Every segment but the last is ``size`` long; the last may be shorter. Slicing
+            # the mmap copies each one straight into its own bytes.
+            end = offset + length
+            whole = offset + length // size * size
+            if size > limit:
+                oversize += (length + size - 1) // size
+                continue
+            nbytes += length
+            # One copy of the buffer; slicing bytes is the cheapest copy of each segment.
+            data = memory[offset:end]
+            batch += [
+                (data[start : start + size], address, None)
+                for start in range(0, length - size + 1, size)
+            ]
+            if whole < end:
+                append((data[whole - offset :], address, None))
+        self.buffers = received
         return batch, nbytes, oversize
 
 
 class RecvGro:
     """The receive strategy of a socket with ``UDP_GRO``: batches, coalesced buffers split."""
 
-    __slots__ = ("_core", "_receiver")
+    __slots__ = ("_core", "_per_buffer", "_receiver")
 
     def __init__(self, core: SocketCore, capacity: int = MAX_BATCH) -> None:
         self._core = core
         self._receiver = _GroReceiver(capacity, core.family)
+        #: Datagrams per buffer in the last call: a call asks for as many buffers as should
+        #: hold ``max_count`` datagrams, so little is cut out only to wait in the push-back.
+        self._per_buffer = 1
 
     def receive(self, max_count: int, tally: Tally) -> list[Received]:
         """Take up to ``max_count`` waiting datagrams without blocking (possibly none)."""
@@ -167,8 +186,9 @@ class RecvGro:
         skipped = 0
         while True:
             try:
+                buffers = -(-max_count // self._per_buffer)
                 batch, nbytes, oversize = self._receiver.receive_segments(
-                    fd, max_count, core.max_datagram_size
+                    fd, buffers, core.max_datagram_size
                 )
             except OSError as exc:
                 core.receive_failed(exc, tally)  # raises unless a (counted) ICMP error
@@ -179,6 +199,7 @@ class RecvGro:
             tally.oversize += oversize
             skipped += oversize
             if batch:
+                self._per_buffer = max(1, len(batch) // self._receiver.buffers)
                 tally.datagrams_received += len(batch)
                 tally.bytes_received += nbytes
                 if len(batch) > max_count:  # a buffer held more than this call takes

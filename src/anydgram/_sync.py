@@ -179,11 +179,9 @@ class _SyncBase(Generic[SendT, RecvT]):
             for data, address, _ in batch:
                 requests.deliver(data, address)
             raise anyio.BusyResourceError(BUSY_ACTION)
+        io = self._io
         return parse_batch(
-            self._protocol.build_packet_from_datagram,
-            batch,
-            self._io.push_back,
-            self._parse_failed,
+            self._protocol, batch, io.max_datagram_size, io.push_back, self._parse_failed
         )
 
     def _recv_datagram(self, deadline: float | None) -> tuple[bytes, Address]:

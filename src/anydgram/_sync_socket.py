@@ -177,6 +177,11 @@ class ThreadedSocketIO:
         return self._closed
 
     @property
+    def max_datagram_size(self) -> int:
+        """The longest datagram delivered; longer ones are counted in ``oversize``."""
+        return self._core.max_datagram_size
+
+    @property
     def peer(self) -> Any:
         """The connected peer's address, or ``None`` for an unconnected socket."""
         return self._core.peer
