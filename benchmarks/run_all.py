@@ -1,6 +1,6 @@
 """The whole benchmark suite in one run: echo servers, clients, serializers; report and chart.
 
-Runs ``server_echo.py``, ``client_rtt.py``, ``dtls_echo.py``, ``dns_bench.py`` and
+Runs ``server_echo.py``, ``client_rtt.py``, ``dtls_echo.py``, ``dns_bench.py``, ``bulk.py`` and
 ``serializers.py`` one after the other, each in its own process (they pin their own children
 to the CPUs), then:
 
@@ -100,6 +100,14 @@ SUITES = (
         quick=("--rounds=1", "--seconds=1"),
         budget_full=150,
         budget_quick=40,
+    ),
+    Suite(
+        "bulk",
+        "bulk.py",
+        full=("--rounds=3", "--seconds=1"),
+        quick=("--quick", "--seconds=0.5"),
+        budget_full=300,
+        budget_quick=60,
     ),
     Suite(
         "serializers",
