@@ -8,8 +8,10 @@ bounded time). Every wait here has a deadline; every address is on the loopback 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import queue
+import random
 import re
 import shutil
 import signal
@@ -20,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import TracebackType
+from types import ModuleType, TracebackType
 from typing import IO, Self
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -67,6 +69,37 @@ def require_tool(name: str, package: str) -> str:
     if path is None:
         pytest.skip(f"{name} is not installed (Debian package: {package})")
     return path
+
+
+def load_example(name: str) -> ModuleType:
+    """Import ``examples/<name>.py`` as a module, to call its parsers directly."""
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up here
+    spec.loader.exec_module(module)
+    return module
+
+
+def mutations(seeds: list[bytes], count: int, alphabet: bytes, seed: int) -> list[bytes]:
+    """``count`` random mutations of ``seeds``: bytes flipped, cut out, or spliced in."""
+    rng = random.Random(seed)
+    result: list[bytes] = []
+    for _ in range(count):
+        data = bytearray(rng.choice(seeds))
+        for _ in range(rng.randint(1, 5)):
+            choice = rng.random()
+            if choice < 0.4 and data:
+                data[rng.randrange(len(data))] = rng.randrange(256)
+            elif choice < 0.7 and data:
+                start = rng.randrange(len(data))
+                del data[start : start + rng.randint(1, 8)]
+            else:
+                at = rng.randrange(len(data) + 1)
+                data[at:at] = bytes(rng.choice(alphabet) for _ in range(rng.randint(1, 4)))
+        result.append(bytes(data))
+    return result
 
 
 def free_udp_port() -> int:

@@ -10,7 +10,6 @@ The parsers of untrusted input are also fed mutated datagrams in this process.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import logging
 import logging.handlers
@@ -23,7 +22,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Generator
-from types import ModuleType
 from typing import Any, cast
 
 import pytest
@@ -34,6 +32,8 @@ from example_harness import (
     EXAMPLES,
     ExampleProcess,
     free_udp_port,
+    load_example,
+    mutations,
     require_tool,
     run_example,
     send_datagrams,
@@ -44,40 +44,9 @@ BACKENDS = ["asyncio", "uvloop", "trio"]
 SCRIPTS = sorted(path.name for path in EXAMPLES.glob("*.py"))
 
 
-def load_example(name: str) -> ModuleType:
-    """Import ``examples/<name>.py`` as a module, to call its parsers directly."""
-    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up here
-    spec.loader.exec_module(module)
-    return module
-
-
 def containing(text: str) -> Callable[[str], bool]:
     """A ``wait_for`` predicate: the line contains ``text``."""
     return lambda line: text in line
-
-
-def mutations(seeds: list[bytes], count: int, alphabet: bytes, seed: int) -> list[bytes]:
-    """``count`` random mutations of ``seeds``: bytes flipped, cut out, or spliced in."""
-    rng = random.Random(seed)
-    result: list[bytes] = []
-    for _ in range(count):
-        data = bytearray(rng.choice(seeds))
-        for _ in range(rng.randint(1, 5)):
-            choice = rng.random()
-            if choice < 0.4 and data:
-                data[rng.randrange(len(data))] = rng.randrange(256)
-            elif choice < 0.7 and data:
-                start = rng.randrange(len(data))
-                del data[start : start + rng.randint(1, 8)]
-            else:
-                at = rng.randrange(len(data) + 1)
-                data[at:at] = bytes(rng.choice(alphabet) for _ in range(rng.randint(1, 4)))
-        result.append(bytes(data))
-    return result
 
 
 # -- every example -----------------------------------------------------------------------------
