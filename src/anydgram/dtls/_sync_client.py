@@ -11,6 +11,7 @@ import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, Final, overload
 
@@ -19,14 +20,14 @@ from cryptography import x509
 from OpenSSL import SSL
 
 from .._client_request import BUSY_ACTION, ThreadedRequests
-from .._errors import DatagramTooLargeError
+from .._io_core import Received
 from .._open_endpoint import connect_first
 from .._protocol import DatagramProtocol, RecvT, SendT
 from .._statistics import EndpointStatistics
 from .._sync import SyncDatagramClient, getaddrinfo
 from .._sync_socket import ThreadedSocketIO
-from ._association import MAX_RECORD_PLAINTEXT, Association, receive_room
-from ._client import ClientSetup, peer_closed
+from ._association import Association, receive_room
+from ._client import ClientSetup, check_plaintext, peer_closed
 from ._contexts import DTLSError
 
 __all__ = ("SyncDTLSClient",)
@@ -103,6 +104,31 @@ class ThreadedDTLSSocketIO(ThreadedSocketIO):
             data, _ = ThreadedSocketIO.receive_one(self, deadline, busy)
             self._open(data)
 
+    def receive_many(
+        self, max_count: int, deadline: float | None, busy: Any = None
+    ) -> list[Received]:
+        """Wait for one plaintext, then take those already opened, up to ``max_count``."""
+        first, peer = self.receive_one(deadline, busy)
+        batch: list[Received] = [(first, peer, None)]
+        with self._tls_lock:
+            while len(batch) < max_count and self._plain:
+                batch.append((self._plain.popleft(), peer, None))
+        return batch
+
+    def push_back(self, items: list[Received]) -> None:
+        """Put plaintexts back in front of the next receive."""
+        with self._tls_lock:
+            self._plain.extendleft(reversed([data for data, _, _ in items]))
+
+    def send_many(
+        self, datagrams: Sequence[bytes], addresses: Sequence[Any] | None, deadline: float | None
+    ) -> None:
+        """Seal and send each datagram in turn, every one checked first."""
+        for data in datagrams:
+            check_plaintext(data)
+        for data in datagrams:
+            self.send(data, None, deadline)
+
     def discard_waiting(self, limit: int) -> int:
         """Drop up to ``limit`` plaintexts already waiting; how many."""
         count = 0
@@ -127,10 +153,7 @@ class ThreadedDTLSSocketIO(ThreadedSocketIO):
             ValueError: ``data`` is empty.
             DTLSError: The peer closed the association.
         """
-        if len(data) > MAX_RECORD_PLAINTEXT:
-            raise DatagramTooLargeError(len(data), MAX_RECORD_PLAINTEXT)
-        if not data:
-            raise ValueError("DTLS cannot carry an empty packet (OpenSSL sends no empty record)")
+        check_plaintext(data)
         with self._tls_lock:
             if self.association.closed_by_peer:
                 raise peer_closed()
