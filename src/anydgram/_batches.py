@@ -24,8 +24,10 @@ from typing import Any, Final
 
 import anyio
 
+from ._gro import SOL_UDP, UDP_GRO, RecvGro, enable_gro
 from ._io_core import FAMILY_LIMITS, MAX_BATCH, SocketCore, Tally
-from ._mmsg import enabled_by_environment
+from ._mmsg import RecvMmsg, enabled_by_environment
+from ._mmsg import available as recvmmsg_available
 from ._mmsg_send import ReplyBatch
 from ._mmsg_send import available as sendmmsg_available
 
@@ -40,10 +42,8 @@ __all__ = (
     "uses_batches",
 )
 
-#: Linux's values (``socket`` exports them from Python 3.12 on some platforms only).
-SOL_UDP: Final = 17
+#: Linux's value (the socket module does not export it on Python 3.11).
 UDP_SEGMENT: Final = 103
-UDP_GRO: Final = 104
 
 #: Datagrams one GSO send carries at most: the kernel's ``UDP_MAX_SEGMENTS`` (64 before
 #: Linux 6.9, 128 since; the smaller works everywhere).
@@ -77,10 +77,6 @@ def choose_batch_receive(core: SocketCore, batched: bool | None = None) -> str:
     coalesced buffers from then on; else ``recvmmsg`` for ``recv_packets``. Elsewhere the
     socket's own receive serves ``recv_packets`` too.
     """
-    from ._gro import RecvGro, enable_gro
-    from ._mmsg import RecvMmsg
-    from ._mmsg import available as recvmmsg_available
-
     if not (uses_batches(core, batched) and recvmmsg_available()):
         return ""
     if core.family not in _FAMILY_LIMITS:

@@ -19,10 +19,13 @@ from typing import Final
 
 import anyio
 
-from ._batches import SOL_UDP, UDP_GRO
 from ._io_core import MAX_BATCH, Received, SocketCore, Tally
 
-__all__ = ("RecvGro", "enable_gro")
+__all__ = ("SOL_UDP", "UDP_GRO", "RecvGro", "enable_gro")
+
+#: Linux's values (the socket module does not export them on Python 3.11).
+SOL_UDP: Final = 17
+UDP_GRO: Final = 104
 
 #: Room for the control messages of one receive: the UDP_GRO segment size (a cmsghdr and an
 #: int, 24 bytes on 64-bit Linux) with room to spare.
