@@ -17,10 +17,12 @@ import mmap
 import os
 import socket
 import sys
+from collections.abc import Callable
 from typing import Any, Final
 
 import anyio
 
+from ._compiled import speedups
 from ._io_core import MAX_BATCH, Received, RecvFrom, SocketCore, Tally
 from ._pktinfo import RecvPktinfo
 
@@ -35,6 +37,7 @@ __all__ = (
     "enabled_by_environment",
     "libc_function",
     "server_strategy",
+    "unpack_batch",
 )
 
 _IS_LINUX: Final = sys.platform.startswith("linux")
@@ -123,6 +126,52 @@ def decode_sockaddr_untrusted(raw: bytes) -> Any:
             int.from_bytes(raw[24:28], sys.byteorder),
         )
     raise ValueError(f"unexpected socket address (family {family}, {len(raw)} bytes)")
+
+
+def unpack_batch(
+    lengths: list[int],
+    names: bytes,
+    data: memoryview,
+    offsets: list[int],
+    name_offsets: list[int],
+    namelen: int,
+    limit: int,
+    addresses: dict[bytes, Any],
+    decode: Callable[[bytes], Any],
+    cache_size: int,
+) -> tuple[list[Received], int, int]:
+    """A ``recvmmsg`` batch as :meth:`MmsgReceiver.receive` returns it (the reference).
+
+    Datagram ``i`` is ``lengths[i]`` bytes at ``offsets[i]`` in ``data`` (skipped as oversize
+    if over ``limit``), its sender the ``namelen`` bytes at ``name_offsets[i]`` in ``names``,
+    decoded by ``decode`` unless ``addresses`` has it (a cache of ``cache_size`` at most,
+    cleared when full). The compiled ``_speedups.unpack_batch`` does the same, object for
+    object.
+    """
+    batch: list[Received] = []
+    append = batch.append
+    oversize = skipped_bytes = 0
+    # The offsets lists cover every slot; only the first ``len(lengths)`` are paired.
+    for length, offset, name_offset in zip(lengths, offsets, name_offsets, strict=False):
+        # A datagram longer than its slot is truncated: the kernel sets MSG_TRUNC in its
+        # msg_flags and reports the length it copied, the whole slot, which is over the
+        # limit. So the length alone tells every oversize datagram, flags unread.
+        if length > limit:
+            oversize += 1
+            skipped_bytes += length
+            continue
+        key = names[name_offset : name_offset + namelen]
+        address = addresses.get(key)
+        if address is None:
+            address = decode(key)
+            if len(addresses) >= cache_size:
+                addresses.clear()
+            addresses[key] = address
+        append((data[offset : offset + length].tobytes(), address, None))
+    return batch, sum(lengths) - skipped_bytes, oversize
+
+
+_unpack: Final = unpack_batch if speedups is None else speedups.unpack_batch
 
 
 class MmsgReceiver:
@@ -243,33 +292,18 @@ class MmsgReceiver:
         # any address, and after the first call exactly that size, so the length need not be
         # read back or reset.
         names = self._names_view[: received * _SOCKADDR_SIZE].tobytes()
-        namelen = self._namelen
-        data_view = self._data_view
-        addresses = self._addresses
-        limit = self._bufsize - 1
-        batch: list[Received] = []
-        append = batch.append
-        oversize = skipped_bytes = 0
-        # The offsets lists cover every slot; only the first ``received`` are paired.
-        for length, offset, name_offset in zip(
-            lengths, self._offsets, self._name_offsets, strict=False
-        ):
-            # A datagram longer than its slot is truncated: the kernel sets MSG_TRUNC in its
-            # msg_flags and reports the length it copied, the whole slot, which is over the
-            # limit. So the length alone tells every oversize datagram, flags unread.
-            if length > limit:
-                oversize += 1
-                skipped_bytes += length
-                continue
-            key = names[name_offset : name_offset + namelen]
-            address = addresses.get(key)
-            if address is None:
-                address = decode_sockaddr_untrusted(key)
-                if len(addresses) >= _ADDRESS_CACHE_SIZE:
-                    addresses.clear()
-                addresses[key] = address
-            append((data_view[offset : offset + length].tobytes(), address, None))
-        return batch, sum(lengths) - skipped_bytes, oversize
+        return _unpack(
+            lengths,
+            names,
+            self._data_view,
+            self._offsets,
+            self._name_offsets,
+            self._namelen,
+            self._bufsize - 1,
+            self._addresses,
+            decode_sockaddr_untrusted,
+            _ADDRESS_CACHE_SIZE,
+        )
 
 
 class RecvMmsg:

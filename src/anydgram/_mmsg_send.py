@@ -21,14 +21,15 @@ import os
 import socket
 import sys
 from collections.abc import Callable
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 
+from ._compiled import speedups
 from ._io_core import FAMILY_LIMITS, MAX_BATCH, SocketCore, Tally
 from ._mmsg import SOCKADDR_IN6_SIZE, SOCKADDR_IN_SIZE, IoVec, MMsgHdr, libc_function
 
-__all__ = ("ReplyBatch", "available")
+__all__ = ("ReplyBatch", "ReplySlots", "available")
 
 _SENDMMSG: Final[Any] = libc_function("sendmmsg")
 
@@ -71,96 +72,54 @@ def encode_sockaddr(family: int, address: Any) -> bytes | None:
     return None
 
 
-class ReplyBatch:
-    """Up to ``capacity`` replies of one socket, queued in ``sendmmsg`` slots until a flush.
+class ReplySlots:
+    """The slot state of a :class:`ReplyBatch` and its :meth:`put` (the pure-Python reference).
 
-    The same slots carry a user's :meth:`~anydgram.DatagramEndpoint.send_packets` batch
-    (``_batches.py``), on an IP socket or on any connected one (whose slots name no peer).
-
-    Args:
-        core: The socket: IPv4 or IPv6 UDP, or connected of any family.
-        tally: The counters the flush updates (the socket's, or one blocking call's).
-        capacity: Slots; a full batch is flushed before the next reply is queued.
-
-    Attributes:
-        on_failed: ``(error, peer)``, called for a queued reply the kernel refused (the
-            server logs it); the error is counted already.
-        tally: The counters the next flush updates.
+    The compiled ``_speedups.ReplySlots`` is the same class in C; :class:`ReplyBatch` derives
+    from whichever :mod:`anydgram._compiled` chose. Both keep the same attributes and call
+    ``_put_slowly(data, address)`` (the subclass's) for a new peer, a full or blocked batch.
     """
 
     __slots__ = (
-        "_core",
         "_data",
-        "_data_map",
         "_iov_lengths",
-        "_iovecs",
-        "_messages",
-        "_name_buffers",
         "_name_pointers",
         "_names",
         "_offsets",
         "_peers",
-        "_pointers",
-        "_retired",
         "_slot_size",
         "blocked",
         "capacity",
         "count",
-        "on_failed",
-        "start",
-        "tally",
     )
 
-    def __init__(self, core: SocketCore, tally: Tally, capacity: int = MAX_BATCH) -> None:
-        if core.family not in (socket.AF_INET, socket.AF_INET6) and not core.connected:
-            raise ValueError("sendmmsg slots are for IP sockets and connected ones")
-        self._core = core
-        self.tally: Tally = tally
+    def _setup_slots(
+        self,
+        buffer: ctypes.Array[ctypes.c_char],
+        iovecs: ctypes.Array[IoVec],
+        messages: ctypes.Array[MMsgHdr],
+        slot_size: int,
+        capacity: int,
+        names: dict[Any, int],
+        peers: list[Any],
+    ) -> None:
+        """Point the slots at their buffers: ``capacity`` slots of ``slot_size`` bytes."""
+        self._slot_size: int = slot_size
         self.capacity: int = capacity
-        if core.connected:
-            namelen = 0  # the kernel sends to the connected peer
-        else:
-            namelen = SOCKADDR_IN_SIZE if core.family == socket.AF_INET else SOCKADDR_IN6_SIZE
-        # A longer datagram is sent the ordinary way: a Unix socket's may be longer, and one
-        # longer than an IP family carries is refused there (DatagramTooLargeError).
-        room = FAMILY_LIMITS.get(core.family, MAX_SLOT)
-        self._slot_size = slot = max(min(core.max_datagram_size, room, MAX_SLOT), 1)
-        # Anonymous mmap memory: pages are allocated only as replies reach them.
-        self._data_map = mmap.mmap(-1, capacity * slot)
-        buffer = (ctypes.c_char * (capacity * slot)).from_buffer(self._data_map)
-        self._iovecs = (IoVec * capacity)()
-        self._messages = (MMsgHdr * capacity)()
-        base = ctypes.addressof(buffer)
-        for i in range(capacity):
-            self._iovecs[i].iov_base = base + i * slot
-            header = self._messages[i].msg_hdr
-            header.msg_namelen = namelen
-            header.msg_iov = ctypes.addressof(self._iovecs) + i * ctypes.sizeof(IoVec)
-            header.msg_iovlen = 1
-        start = ctypes.addressof(self._messages)
+        self._names: dict[Any, int] = names
+        self._peers: list[Any] = peers
+        self.count: int = 0  # slots filled
+        self.blocked: bool = False  # the last flush found the kernel's send buffer full
         size = ctypes.sizeof(MMsgHdr)
-        self._pointers = [ctypes.c_void_p(start + i * size) for i in range(capacity)]
         # Each iovec is (iov_base, iov_len), two pointer-sized words: every second is a length.
-        self._iov_lengths = memoryview(self._iovecs).cast("B").cast("P")[1::2]
+        self._iov_lengths = memoryview(iovecs).cast("B").cast("P")[1::2]
         # Each message's msg_name, its first word: a slot points at its peer's cached sockaddr
         # (one word written per reply, no address copied).
         self._name_pointers = (
-            memoryview(self._messages)
-            .cast("B")
-            .cast("P")[:: size // ctypes.sizeof(ctypes.c_void_p)]
+            memoryview(messages).cast("B").cast("P")[:: size // ctypes.sizeof(ctypes.c_void_p)]
         )
         self._data = memoryview(buffer).cast("B")
-        self._offsets = list(range(0, capacity * slot, slot))
-        self._peers: list[Any] = [None] * capacity
-        # peer address -> the address of its encoded sockaddr, kept alive in _name_buffers;
-        # buffers of a cleared cache are retired until the next flush (slots may point there).
-        self._names: dict[Any, int] = {None: 0} if core.connected else {}
-        self._name_buffers: list[ctypes.Array[ctypes.c_char]] = []
-        self._retired: list[ctypes.Array[ctypes.c_char]] = []
-        self.count: int = 0  # slots filled
-        self.start: int = 0  # slots already sent, after a flush that found the buffer full
-        self.blocked: bool = False  # the last flush found the kernel's send buffer full
-        self.on_failed: Callable[[Exception, Any], None] | None = None
+        self._offsets = list(range(0, capacity * slot_size, slot_size))
 
     def put(self, data: bytes, address: Any) -> bool:
         """Queue ``data`` for ``address``; ``False`` if it must be sent the ordinary way.
@@ -182,6 +141,88 @@ class ReplyBatch:
         self._peers[i] = address
         self.count = i + 1
         return True
+
+    def _put_slowly(self, data: bytes, address: Any) -> bool:
+        raise NotImplementedError
+
+
+if TYPE_CHECKING:
+    _SlotsBase = ReplySlots
+else:
+    _SlotsBase = ReplySlots if speedups is None else speedups.ReplySlots
+
+
+class ReplyBatch(_SlotsBase):
+    """Up to ``capacity`` replies of one socket, queued in ``sendmmsg`` slots until a flush.
+
+    The same slots carry a user's :meth:`~anydgram.DatagramEndpoint.send_packets` batch
+    (``_batches.py``), on an IP socket or on any connected one (whose slots name no peer).
+
+    Args:
+        core: The socket: IPv4 or IPv6 UDP, or connected of any family.
+        tally: The counters the flush updates (the socket's, or one blocking call's).
+        capacity: Slots; a full batch is flushed before the next reply is queued.
+
+    Attributes:
+        on_failed: ``(error, peer)``, called for a queued reply the kernel refused (the
+            server logs it); the error is counted already.
+        tally: The counters the next flush updates.
+    """
+
+    __slots__ = (
+        "_core",
+        "_data_map",
+        "_iovecs",
+        "_lengths",
+        "_messages",
+        "_name_buffers",
+        "_pointers",
+        "_retired",
+        "on_failed",
+        "start",
+        "tally",
+    )
+
+    def __init__(self, core: SocketCore, tally: Tally, capacity: int = MAX_BATCH) -> None:
+        if core.family not in (socket.AF_INET, socket.AF_INET6) and not core.connected:
+            raise ValueError("sendmmsg slots are for IP sockets and connected ones")
+        self._core = core
+        self.tally: Tally = tally
+        if core.connected:
+            namelen = 0  # the kernel sends to the connected peer
+        else:
+            namelen = SOCKADDR_IN_SIZE if core.family == socket.AF_INET else SOCKADDR_IN6_SIZE
+        # A longer datagram is sent the ordinary way: a Unix socket's may be longer, and one
+        # longer than an IP family carries is refused there (DatagramTooLargeError).
+        room = FAMILY_LIMITS.get(core.family, MAX_SLOT)
+        slot = max(min(core.max_datagram_size, room, MAX_SLOT), 1)
+        # Anonymous mmap memory: pages are allocated only as replies reach them.
+        self._data_map = mmap.mmap(-1, capacity * slot)
+        buffer = (ctypes.c_char * (capacity * slot)).from_buffer(self._data_map)
+        self._iovecs = (IoVec * capacity)()
+        self._messages = (MMsgHdr * capacity)()
+        base = ctypes.addressof(buffer)
+        for i in range(capacity):
+            self._iovecs[i].iov_base = base + i * slot
+            header = self._messages[i].msg_hdr
+            header.msg_namelen = namelen
+            header.msg_iov = ctypes.addressof(self._iovecs) + i * ctypes.sizeof(IoVec)
+            header.msg_iovlen = 1
+        start = ctypes.addressof(self._messages)
+        size = ctypes.sizeof(MMsgHdr)
+        self._pointers = [ctypes.c_void_p(start + i * size) for i in range(capacity)]
+        # Each iovec is (iov_base, iov_len), two pointer-sized words: every second is a length.
+        self._lengths = memoryview(self._iovecs).cast("B").cast("P")[1::2]
+        # peer address -> the address of its encoded sockaddr, kept alive in _name_buffers;
+        # buffers of a cleared cache are retired until the next flush (slots may point there).
+        names: dict[Any, int] = {None: 0} if core.connected else {}
+        self._setup_slots(
+            buffer, self._iovecs, self._messages, slot, capacity, names, [None] * capacity
+        )
+        self._name_buffers: list[ctypes.Array[ctypes.c_char]] = []
+        self._retired: list[ctypes.Array[ctypes.c_char]] = []
+        self.start: int = 0  # slots already sent, after a flush that found the buffer full
+        self.on_failed: Callable[[Exception, Any], None] | None = None
 
     def _put_slowly(self, data: bytes, address: Any) -> bool:
         """:meth:`put` for a new peer or a full batch."""
@@ -219,7 +260,7 @@ class ReplyBatch:
             self.discard()
             return True
         tally = self.tally
-        lengths = self._iov_lengths
+        lengths = self._lengths
         fd = core.sock.fileno()
         retried = -1
         while start < count:
