@@ -237,6 +237,46 @@ async def test_lost_flights_are_retransmitted(pki: PKI) -> None:
         assert server.statistics().dtls_handshakes == 1
 
 
+def epoch0_record_numbers(datagram: bytes) -> list[int]:
+    """The sequence numbers of the unencrypted (epoch 0) records in a datagram."""
+    numbers: list[int] = []
+    offset = 0
+    while offset + 13 <= len(datagram):
+        if datagram[offset + 3 : offset + 5] == b"\0\0":
+            numbers.append(int.from_bytes(datagram[offset + 5 : offset + 11]))
+        offset += 13 + int.from_bytes(datagram[offset + 11 : offset + 13])
+    return numbers
+
+
+async def test_a_lost_first_hello_does_not_make_the_server_flight_a_replay(pki: PKI) -> None:
+    # The client's first ClientHello is lost (as under a flood that fills the server's
+    # receive buffer), so the hello the server answers is the retransmission, record number
+    # 1, and its HelloVerifyRequest echoes that number (RFC 6347 4.2.1). The server's
+    # records that follow must not use a number the client has seen: the client's replay
+    # window drops such a record without a word (it was the ServerHello), and the handshake
+    # then waits a retransmission timer for a flight it already had.
+    back: list[bytes] = []
+
+    def observe(index: int, data: bytes) -> bool:
+        back.append(data)
+        return False
+
+    async with (
+        echo_server(default_config(pki)) as (server, port),
+        lossy_relay(port, lambda index, data: index == 0, observe) as (relay, seen),
+    ):
+        with anyio.fail_after(8):
+            client = await connect_dtls("127.0.0.1", relay, trusting(pki))
+        async with client:
+            assert await client.request(b"z", timeout=2) == b"Z"
+    assert epoch0_record_numbers(seen[1]) == [1]  # the retransmitted hello
+    numbers = [number for datagram in back for number in epoch0_record_numbers(datagram)]
+    assert numbers[0] == 1  # the HelloVerifyRequest
+    assert len(set(numbers)) == len(numbers), f"record numbers reused: {numbers}"
+    assert numbers == sorted(numbers)
+    assert server.statistics().dtls_handshakes == 1
+
+
 async def test_a_lost_server_flight_is_sent_again(pki: PKI) -> None:
     # The server's first flight after the cookie (ServerHello to ServerHelloDone, datagram 1
     # back; datagram 0 is the HelloVerifyRequest) is lost.

@@ -13,10 +13,12 @@ from anydgram.dtls._association import Association
 from anydgram.dtls._contexts import client_context
 from anydgram.dtls._records import (
     CookieJar,
+    first_epoch0_number,
     hello_verify_request,
     pack_records,
     parse_client_hello_untrusted,
     record_types_untrusted,
+    shift_epoch0,
 )
 
 
@@ -45,6 +47,16 @@ def test_records_are_packed_whole_into_datagrams_up_to_the_mtu() -> None:
     big = record(23, bytes(400))
     assert pack_records(records[0] + big + records[1], 250) == [records[0], big, records[1]]
     assert pack_records(b"", 250) == []
+
+
+def test_epoch0_record_numbers_shift_and_encrypted_ones_stay() -> None:
+    epoch1 = 1 << 48  # epoch 1, record number 0: 8 bytes of epoch and number
+    stream = record(22, b"a" * 5, 3) + record(20, b"\x01", 4) + record(22, b"b" * 40, epoch1)
+    assert first_epoch0_number(stream) == 3
+    assert first_epoch0_number(record(23, b"x", epoch1 + 7)) is None
+    assert shift_epoch0(stream, 0) is stream
+    shifted = record(22, b"a" * 5, 5) + record(20, b"\x01", 6) + record(22, b"b" * 40, epoch1)
+    assert shift_epoch0(stream, 2) == shifted
 
 
 def test_record_types_of_untrusted_bytes() -> None:

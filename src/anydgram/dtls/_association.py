@@ -14,7 +14,13 @@ from cryptography import x509
 from OpenSSL import SSL, crypto
 
 from ._contexts import DTLSError, error_from_ssl, hostname_matches, prepare_connection
-from ._records import APPLICATION_DATA, pack_records, record_types_untrusted
+from ._records import (
+    APPLICATION_DATA,
+    first_epoch0_number,
+    pack_records,
+    record_types_untrusted,
+    shift_epoch0,
+)
 
 __all__ = (
     "MAX_RECORD_OVERHEAD",
@@ -59,6 +65,8 @@ class Association:
 
     __slots__ = (
         "_conn",
+        "_epoch0_floor",
+        "_epoch0_shift",
         "_hostname",
         "_hostname_failed",
         "closed_by_peer",
@@ -82,6 +90,10 @@ class Association:
         conn.set_ciphertext_mtu(mtu)
         self._hostname = server_hostname
         self._hostname_failed = False
+        #: Server side: the lowest record number its first unencrypted record may carry
+        #: (set by :meth:`listen`), then the shift that gives it that number.
+        self._epoch0_floor: int | None = None
+        self._epoch0_shift = 0
         if server:
             conn.set_accept_state()
         else:
@@ -113,11 +125,19 @@ class Association:
         """Accept a ClientHello whose cookie has been checked (server side).
 
         ``DTLSv1_listen`` takes the hello as OpenSSL's own cookie exchange would, so that
-        message and record numbers continue from the HelloVerifyRequest.
+        message numbers continue from the HelloVerifyRequest. Record numbers are ours to
+        keep apart: the HelloVerifyRequest echoed the record number of the hello it
+        answered (RFC 6347 4.2.1), which is 1 or more when the client's first hello was
+        lost and sent again, while OpenSSL (4.0) numbers the server's records from 1
+        whatever the hello's. A record number the client has seen already is a replay to
+        it, dropped in silence, so the flight would be lost until a retransmission timer:
+        the server's unencrypted records are numbered from this hello's own record number
+        instead, above that of every hello the client sent before it.
 
         Raises:
             DTLSError: OpenSSL refused the hello.
         """
+        self._epoch0_floor = int.from_bytes(client_hello[5:11])
         self._conn.bio_write(client_hello)
         try:
             self._conn.DTLSv1_listen()
@@ -161,7 +181,17 @@ class Association:
     def outgoing(self) -> list[bytes]:
         """What OpenSSL wants sent, as datagrams of at most the MTU (possibly none)."""
         stream = self._drain()
-        return pack_records(stream, self.mtu) if stream else []
+        if not stream:
+            return []
+        floor = self._epoch0_floor
+        if floor is not None:
+            first = first_epoch0_number(stream)
+            if first is not None:  # the server's first flight: fix the shift for good
+                self._epoch0_floor = None
+                self._epoch0_shift = max(0, floor - first)
+        if self._epoch0_shift:
+            stream = shift_epoch0(stream, self._epoch0_shift)
+        return pack_records(stream, self.mtu)
 
     def _drain(self) -> bytes:
         conn = self._conn

@@ -18,10 +18,12 @@ __all__ = (
     "APPLICATION_DATA",
     "ClientHello",
     "CookieJar",
+    "first_epoch0_number",
     "hello_verify_request",
     "pack_records",
     "parse_client_hello_untrusted",
     "record_types_untrusted",
+    "shift_epoch0",
 )
 
 HANDSHAKE: Final = 22
@@ -70,6 +72,34 @@ def pack_records(stream: bytes, mtu: int) -> list[bytes]:
     if offset > start:
         datagrams.append(stream[start:offset])
     return datagrams
+
+
+def first_epoch0_number(stream: bytes) -> int | None:
+    """The record number of the first unencrypted (epoch 0) record in OpenSSL's output."""
+    offset, end = 0, len(stream)
+    while offset + RECORD_HEADER_SIZE <= end:
+        if stream[offset + 3 : offset + 5] == b"\0\0":
+            return int.from_bytes(stream[offset + 5 : offset + 11])
+        offset += RECORD_HEADER_SIZE + int.from_bytes(stream[offset + 11 : offset + 13])
+    return None
+
+
+def shift_epoch0(stream: bytes, shift: int) -> bytes:
+    """OpenSSL's output with ``shift`` added to each unencrypted (epoch 0) record number.
+
+    Epoch-0 records carry no MAC, so their numbers may be rewritten; encrypted records are
+    left alone (their numbers are authenticated, and count from 0 again in epoch 1).
+    """
+    if not shift:
+        return stream
+    out = bytearray(stream)
+    offset, end = 0, len(stream)
+    while offset + RECORD_HEADER_SIZE <= end:
+        if stream[offset + 3 : offset + 5] == b"\0\0":
+            number = int.from_bytes(stream[offset + 5 : offset + 11]) + shift
+            out[offset + 5 : offset + 11] = number.to_bytes(6)
+        offset += RECORD_HEADER_SIZE + int.from_bytes(stream[offset + 11 : offset + 13])
+    return bytes(out)
 
 
 @dataclass(frozen=True, slots=True)
