@@ -19,7 +19,8 @@ import anyio
 import pytest
 
 from anydgram import DatagramTooLargeError
-from anydgram._io_core import IS_LINUX, MAX_BATCH, RecvFrom, SocketCore, Tally
+from anydgram._io_core import MAX_BATCH, RecvFrom, SocketCore, Tally
+from anydgram._socket_os import IS_LINUX
 
 _PEER = ("127.0.0.1", 9)
 

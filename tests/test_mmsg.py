@@ -19,7 +19,7 @@ import anyio
 import pytest
 
 from anydgram import DatagramRequest, DatagramServer, _mmsg, _server_sockets
-from anydgram._io_core import RecvFrom, set_recverr
+from anydgram._io_core import RecvFrom
 from anydgram._mmsg import (
     MmsgReceiver,
     RecvMmsg,
@@ -29,6 +29,7 @@ from anydgram._mmsg import (
 )
 from anydgram._pktinfo import RecvPktinfo
 from anydgram._socket_io import SocketIO
+from anydgram._socket_os import set_recverr
 from endpoint_harness import LOOPBACK_FAMILIES
 
 pytestmark = pytest.mark.anyio

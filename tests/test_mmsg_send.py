@@ -19,12 +19,12 @@ import anyio
 import pytest
 
 from anydgram import DatagramProtocol, DatagramRequest, DatagramServer
-from anydgram._io_core import set_recverr
 from anydgram._mmsg import RecvMmsg
 from anydgram._mmsg import available as recvmmsg_available
 from anydgram._mmsg_send import ReplyBatch, encode_sockaddr
 from anydgram._mmsg_send import available as sendmmsg_available
 from anydgram._socket_io import SocketIO
+from anydgram._socket_os import set_recverr
 from anydgram.serializers import JSONSerializer
 from endpoint_harness import LOOPBACK_FAMILIES
 

@@ -23,7 +23,7 @@ from ._protocol import DatagramProtocol as DatagramProtocol
 from ._ratelimit import RateLimit as RateLimit
 from ._server import DatagramRequest as DatagramRequest
 from ._server import DatagramServer as DatagramServer
-from ._socket_io import SocketProxy as SocketProxy
+from ._socket_proxy import SocketProxy as SocketProxy
 from ._statistics import EndpointStatistics as EndpointStatistics
 from ._statistics import ServerStatistics as ServerStatistics
 from ._sync import SyncDatagramClient as SyncDatagramClient

@@ -22,11 +22,11 @@ from ._endpoint_base import (
     make_datagrams,
     split_addressed,
 )
-from ._io_core import BoundPath
 from ._multicast import set_membership
 from ._protocol import DatagramProtocol, RecvT, SendT, default_protocol
 from ._retry_schedule import attempt_timeouts, check_match
 from ._socket_io import SocketIO
+from ._socket_os import BoundPath
 
 __all__ = ("Address", "DatagramClient", "DatagramEndpoint", "IPAddress")
 

@@ -19,10 +19,12 @@ from anyio.abc import SocketAttribute
 from ._batches import family_limit
 from ._client_request import BUSY_ACTION, AsyncRequests, Match
 from ._errors import DatagramProtocolParseError, DatagramTooLargeError
-from ._io_core import Received, normalize_address
+from ._io_core import Received
 from ._protocol import DatagramProtocol, RecvT, SendT
 from ._retry_schedule import AttemptSchedule
-from ._socket_io import SocketIO, SocketProxy
+from ._socket_io import SocketIO
+from ._socket_os import normalize_address
+from ._socket_proxy import SocketProxy
 from ._statistics import EndpointStatistics
 from .serializers._raw import BytesSerializer
 

@@ -17,8 +17,8 @@ from anyio.lowlevel import checkpoint
 
 from ._address import format_address
 from ._endpoint import DatagramClient, DatagramEndpoint
-from ._io_core import BoundPath, set_recverr
 from ._protocol import DatagramProtocol, RecvT, SendT
+from ._socket_os import BoundPath, set_recverr
 
 if TYPE_CHECKING:
     from .testing import MemoryNetwork

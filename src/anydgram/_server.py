@@ -32,7 +32,7 @@ from ._server_life import Lifecycle
 from ._server_request import DatagramRequest, Replies
 from ._server_security import datagram_room, make_security, seal_for_send
 from ._server_sockets import check_hosts
-from ._socket_io import SocketProxy
+from ._socket_proxy import SocketProxy
 from ._statistics import ServerStatistics
 from ._workers import run_server
 

@@ -16,13 +16,13 @@ from typing import Any, Final, cast
 import anyio
 
 from ._address import format_address
-from ._io_core import set_recverr
 from ._mmsg import RecvMmsg, server_strategy
 from ._mmsg_send import ReplyBatch
 from ._mmsg_send import available as batched_replies_available
 from ._open_endpoint import apply_buffer_sizes, check_host, check_port
 from ._pktinfo import enable_pktinfo
 from ._socket_io import SocketIO
+from ._socket_os import set_recverr
 
 __all__ = ("check_hosts", "open_server_sockets", "resolve_bind_addresses")
 

@@ -27,13 +27,14 @@ from ._endpoint_base import (
     parse_batch,
 )
 from ._errors import DatagramProtocolParseError
-from ._io_core import normalize_address
 from ._open_endpoint import check_host, check_port, connect_first
 from ._protocol import DatagramProtocol, RecvT, SendT, default_protocol
 from ._retry_schedule import AttemptSchedule, attempt_timeouts, check_match
-from ._socket_io import SocketProxy
+from ._socket_os import normalize_address
+from ._socket_proxy import SocketProxy
 from ._statistics import EndpointStatistics
-from ._sync_socket import ThreadedSocketIO, deadline_after
+from ._sync_socket import ThreadedSocketIO
+from ._sync_wait import deadline_after
 
 __all__ = ("SyncDatagramClient", "getaddrinfo")
 

@@ -20,7 +20,7 @@ from ._open_endpoint import bind_first, check_bind_arguments
 from ._protocol import DatagramProtocol, RecvT, SendT
 from ._retry_schedule import attempt_timeouts, check_match
 from ._sync import _SyncBase, getaddrinfo
-from ._sync_socket import deadline_after
+from ._sync_wait import deadline_after
 
 __all__ = ("SyncDatagramEndpoint",)
 

@@ -16,9 +16,7 @@ for the async endpoints (the same exceptions, the same counters).
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 import select
 import socket
 import threading
@@ -29,10 +27,12 @@ from typing import Any, Final, Protocol
 import anyio
 
 from ._batches import BatchSender, choose_batch_receive
-from ._io_core import IS_LINUX, BoundPath, Received, SocketCore, Tally
+from ._io_core import Received, SocketCore, Tally
 from ._socket_io import UNIX_BACKOFF_FIRST, UNIX_BACKOFF_MAX
+from ._socket_os import IS_LINUX, BoundPath
+from ._sync_wait import Waker
 
-__all__ = ("ThreadedSocketIO", "deadline_after")
+__all__ = ("ThreadedSocketIO",)
 
 _BUSY_ACTION: Final = "waiting for a request() reply on"
 
@@ -40,61 +40,10 @@ _BUSY_ACTION: Final = "waiting for a request() reply on"
 _MAX_POLL_MS: Final = 86_400_000
 
 
-def deadline_after(timeout: float | None) -> float | None:
-    """The ``time.monotonic()`` deadline ``timeout`` seconds from now (``None``: no deadline).
-
-    Raises:
-        TypeError: ``timeout`` is not a number or ``None``.
-        ValueError: ``timeout`` is negative or NaN.
-    """
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
-        raise TypeError(f"timeout must be a number or None, not {type(timeout).__name__}")
-    if not timeout >= 0:
-        raise ValueError(f"timeout must be >= 0 or None, got {timeout!r}")
-    return time.monotonic() + timeout
-
-
 class _Busy(Protocol):
     """Something whose ``pending`` count refuses other receivers while it is non-zero."""
 
     pending: int
-
-
-class _Waker:
-    """A file descriptor that becomes readable, for good, when :meth:`wake` is called."""
-
-    __slots__ = ("_write_fd", "fd")
-
-    def __init__(self) -> None:
-        self.fd = self._write_fd = -1
-        if hasattr(os, "eventfd"):
-            self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-            self._write_fd = -1
-        else:  # pragma: no cover - non-Linux POSIX
-            self.fd, self._write_fd = os.pipe()
-            os.set_blocking(self.fd, False)
-            os.set_blocking(self._write_fd, False)
-
-    def wake(self) -> None:
-        with contextlib.suppress(BlockingIOError):  # already readable: that is all we need
-            if self._write_fd < 0:
-                os.eventfd_write(self.fd, 1)
-            else:  # pragma: no cover - non-Linux POSIX
-                os.write(self._write_fd, b"\0")
-
-    def close(self) -> None:
-        fds = (self.fd, self._write_fd)
-        self.fd = self._write_fd = -1
-        for fd in fds:
-            if fd >= 0:
-                os.close(fd)
-
-    def __del__(self) -> None:
-        # An endpoint dropped without close(): its socket is closed when collected, and so is
-        # this descriptor, which would otherwise leak for the life of the process.
-        self.close()
 
 
 class _Side:
@@ -154,7 +103,7 @@ class ThreadedSocketIO:
         # With IP_RECVERR, a queued ICMP error keeps poll() reporting an unconnected IP socket
         # readable until the error queue is read.
         self._drain_on_wake = IS_LINUX and not connected and sock.family != socket.AF_UNIX
-        self._waker = _Waker()
+        self._waker = Waker()
         self._closed = False
         self._released = False
         self._release_pending = False

@@ -63,8 +63,9 @@ from anydgram import (
     DatagramRequest,
     DatagramServer,
 )
-from anydgram._io_core import MAX_BATCH, Received, normalize_address
+from anydgram._io_core import MAX_BATCH, Received
 from anydgram._socket_io import SocketIO
+from anydgram._socket_os import normalize_address
 from anydgram.serializers import (
     BytesSerializer,
     HMACSerializer,

@@ -19,10 +19,11 @@ from OpenSSL import SSL
 
 from .._endpoint import DatagramClient
 from .._errors import DatagramTooLargeError
-from .._io_core import MAX_BATCH, BoundPath, Received, ReplySource
+from .._io_core import MAX_BATCH, Received, ReplySource
 from .._open_endpoint import check_host, check_port, connect_first
 from .._protocol import DatagramProtocol, RecvT, SendT, default_protocol
 from .._socket_io import SocketIO
+from .._socket_os import BoundPath
 from .._statistics import EndpointStatistics
 from ._association import MAX_RECORD_PLAINTEXT, Association, flight_mtu, receive_room
 from ._contexts import DTLSError, check_context

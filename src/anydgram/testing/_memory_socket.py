@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any, Final, overload
 import anyio
 import anyio.lowlevel
 
-from .._io_core import SK_MEMINFO_DROPS, SO_MEMINFO
 from .._pktinfo import IP_PKTINFO, IPV6_PKTINFO
+from .._socket_os import SK_MEMINFO_DROPS, SO_MEMINFO
 
 if TYPE_CHECKING:
     from ._memory_network import MemoryNetwork
