@@ -10,6 +10,7 @@ slower, with identical behaviour.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from typing import Any, Final
 import anyio
 import anyio.lowlevel
 
-__all__ = ("BACKENDS", "Primitives", "anyio_backend", "current_primitives")
+__all__ = ("BACKENDS", "Primitives", "anyio_backend", "current_primitives", "running_asyncio_loop")
 
 #: The event loops anydgram runs on, as ``DatagramServer.run()`` and the CLI name them.
 BACKENDS: Final = ("asyncio", "uvloop", "trio")
@@ -97,3 +98,16 @@ def current_primitives() -> Primitives:
             primitives = _PUBLIC
         _bound[backend] = primitives
     return primitives
+
+
+def running_asyncio_loop() -> asyncio.AbstractEventLoop | None:
+    """The running loop when anyio runs on asyncio (uvloop's included); ``None`` otherwise."""
+    if _get_async_backend is None:  # pragma: no cover
+        return None
+    try:
+        backend: type[Any] = _get_async_backend()
+    except Exception:  # pragma: no cover - defensive
+        return None
+    if backend.__module__ != "anyio._backends._asyncio":
+        return None
+    return asyncio.get_running_loop()

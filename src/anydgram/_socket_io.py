@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 import anyio
 import anyio.lowlevel
 
-from ._backend import Primitives, current_primitives
+from ._backend import Primitives, current_primitives, running_asyncio_loop
 from ._batches import BatchSender, choose_batch_receive
 from ._io_core import (
     MAX_BATCH,
@@ -26,6 +26,7 @@ from ._io_core import (
     SocketLike,
     Tally,
 )
+from ._loop_waits import FdWaiter, LoopReadiness, keeps_readers
 from ._socket_os import BoundPath, normalize_address
 
 if TYPE_CHECKING:
@@ -76,38 +77,6 @@ class Waits(Protocol):
         ...
 
 
-class _FdWaiter:
-    """One direction's wait, shared: anyio allows one waiter per direction per descriptor."""
-
-    __slots__ = ("_followers", "_waiting")
-
-    def __init__(self) -> None:
-        self._waiting = False
-        self._followers: anyio.Event | None = None
-
-    async def wait(self, io: SocketIO, wait: Callable[[], Awaitable[None]]) -> None:
-        """Wait, or (rare: concurrent use) wait for the task already waiting to wake."""
-        if self._waiting:
-            followers = self._followers
-            if followers is None:
-                followers = self._followers = anyio.Event()
-            await followers.wait()
-            io.check_open()
-            return
-        self._waiting = True
-        try:
-            await wait()
-        except anyio.ClosedResourceError:
-            raise anyio.ClosedResourceError from None
-        finally:
-            self._waiting = False
-            followers = self._followers
-            if followers is not None:
-                self._followers = None
-                followers.set()
-        io.check_open()
-
-
 class SocketIO(Tally):
     """Datagram I/O on one non-blocking socket for async code, with its counters.
 
@@ -127,6 +96,7 @@ class SocketIO(Tally):
         "_batch_receive_chosen",
         "_batch_sender",
         "_core",
+        "_loop_waits",
         "_primitives",
         "_ready_ops",
         "_recv_waiter",
@@ -165,8 +135,9 @@ class SocketIO(Tally):
         self._primitives: Primitives | None = None
         self._wait_readable: Callable[[], Awaitable[None]] | None = None
         self._wait_writable: Callable[[], Awaitable[None]] | None = None
-        self._recv_waiter = _FdWaiter()
-        self._send_waiter = _FdWaiter()
+        self._recv_waiter = FdWaiter()
+        self._send_waiter = FdWaiter()
+        self._loop_waits: LoopReadiness | None = None
         #: Replies queued for one ``sendmmsg`` (server sockets that have one; see
         #: ``_mmsg_send.py``), and the same batch while replies may be queued in it (the
         #: handler pool sets it while the reading task runs a batch's handlers), else None.
@@ -241,8 +212,14 @@ class SocketIO(Tally):
             readable, writable = waits.wait_readable, waits.wait_writable
         else:
             primitives = self.primitives
-            readable = functools.partial(primitives.wait_readable, self.sock)
             writable = functools.partial(primitives.wait_writable, self.sock)
+            loop = running_asyncio_loop()
+            if loop is not None and keeps_readers(loop):
+                # asyncio: the reader stays registered between waits (see _loop_waits.py).
+                self._loop_waits = LoopReadiness(loop, self.sock, primitives.wait_writable)
+                readable = self._loop_waits.wait_readable
+            else:
+                readable = functools.partial(primitives.wait_readable, self.sock)
         self._wait_readable, self._wait_writable = readable, writable
         return readable, writable
 
@@ -467,6 +444,8 @@ class SocketIO(Tally):
         """Close the socket without waking waiters (for use outside a running event loop)."""
         if not self._core.closed:
             self._flush_before_close()
+            if self._loop_waits is not None:
+                self._loop_waits.notify_closing()
             self._core.release(self)
 
     async def aclose(self) -> None:
@@ -481,7 +460,9 @@ class SocketIO(Tally):
                 if self._waits is not None:
                     self._waits.notify_closing()
                 else:
-                    anyio.notify_closing(self.sock)
+                    if self._loop_waits is not None:
+                        self._loop_waits.notify_closing()
+                    anyio.notify_closing(self.sock)  # writers waiting through anyio
             finally:
                 self._core.release(self)
         await anyio.lowlevel.cancel_shielded_checkpoint()
