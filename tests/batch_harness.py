@@ -18,6 +18,7 @@ import socket
 import struct
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from errno import EAGAIN
 from typing import Any, TypeVar, cast
 
 import anyio
@@ -200,6 +201,16 @@ class Log:
     recvmmsg_calls: int = 0
     recvmsg_calls: int = 0
     gro_trains: list[int] = field(default_factory=list[int])  # datagrams per coalesced buffer
+    #: Datagrams the "kernel" still takes before its buffer is full (``EAGAIN``); None: any.
+    budget: int | None = None
+
+    def take(self, count: int) -> int:
+        """How many of ``count`` datagrams the budget lets through now (and spend them)."""
+        if self.budget is None:
+            return count
+        taken = min(count, self.budget)
+        self.budget -= taken
+        return taken
 
     @property
     def gso_datagrams(self) -> int:
@@ -229,6 +240,8 @@ class SpySocket:
     def _single(self) -> None:
         if self.single_errors and (error := self.single_errors.pop(0)) is not None:
             raise error
+        if not self.log.take(1):
+            raise BlockingIOError(EAGAIN, "the budget is spent")
 
     def send(self, data: bytes, flags: int = 0, /) -> int:
         self._single()
@@ -256,6 +269,10 @@ class SpySocket:
         if gso:
             if self.gso_errors and (error := self.gso_errors.pop(0)) is not None:
                 raise error
+            budget = self.log.budget
+            if budget is not None and budget < len(buffers):
+                raise BlockingIOError(EAGAIN, "the budget is spent")  # a GSO send is whole
+            self.log.take(len(buffers))
         else:
             self._single()
         args: tuple[Any, ...] = (buffers, ancdata, flags) + (() if address is None else (address,))
@@ -300,18 +317,23 @@ class Syscalls:
         real_recv = _mmsg._RECVMMSG
 
         def sendmmsg(fd: int, messages: Any, count: int, flags: int) -> int:
+            log = self._logs.get(fd)
             policy = self.sendmmsg_policy
             decision = 0 if policy is None else policy(fd, count)
+            if decision == 0 and log is not None and log.budget is not None:
+                decision = min(count, log.budget) or -EAGAIN
             if decision < 0:
                 ctypes.set_errno(-decision)
                 return -1
             if decision:
                 count = min(count, decision)
             result: int = real_send(fd, messages, count, flags)
-            log = self._logs.get(fd)
             if log is not None:
+                sent = max(result, 0)
+                if log.budget is not None:
+                    log.budget -= sent
                 log.sendmmsg_calls += 1
-                log.sendmmsg_datagrams += max(result, 0)
+                log.sendmmsg_datagrams += sent
             return result
 
         def recvmmsg(fd: int, messages: Any, count: int, flags: int, timeout: Any) -> int:
