@@ -201,6 +201,7 @@ class Log:
     recvmmsg_calls: int = 0
     recvmsg_calls: int = 0
     gro_trains: list[int] = field(default_factory=list[int])  # datagrams per coalesced buffer
+    full: int = 0  # calls the real kernel answered EAGAIN (its buffer was full)
     #: Datagrams the "kernel" still takes before its buffer is full (``EAGAIN``); None: any.
     budget: int | None = None
 
@@ -243,15 +244,22 @@ class SpySocket:
         if not self.log.take(1):
             raise BlockingIOError(EAGAIN, "the budget is spent")
 
+    def _call(self, method: Callable[..., int], *args: Any) -> int:
+        try:
+            return method(*args)
+        except BlockingIOError:
+            self.log.full += 1
+            raise
+
     def send(self, data: bytes, flags: int = 0, /) -> int:
         self._single()
-        result: int = self._sock.send(data, flags)
+        result = self._call(self._sock.send, data, flags)
         self.log.singles += 1
         return result
 
     def sendto(self, data: bytes, address: Any, /) -> int:
         self._single()
-        result: int = self._sock.sendto(data, address)
+        result = self._call(self._sock.sendto, data, address)
         self.log.singles += 1
         return result
 
@@ -276,7 +284,7 @@ class SpySocket:
         else:
             self._single()
         args: tuple[Any, ...] = (buffers, ancdata, flags) + (() if address is None else (address,))
-        result: int = self._sock.sendmsg(*args)
+        result = self._call(self._sock.sendmsg, *args)
         if gso:
             self.log.gso_segments.append(len(buffers))
         else:
@@ -329,6 +337,8 @@ class Syscalls:
                 count = min(count, decision)
             result: int = real_send(fd, messages, count, flags)
             if log is not None:
+                if result < 0 and ctypes.get_errno() == EAGAIN:
+                    log.full += 1
                 sent = max(result, 0)
                 if log.budget is not None:
                     log.budget -= sent
