@@ -17,6 +17,7 @@ Per-datagram errors are counted as the one-by-one sends count them, and the batc
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import struct
 from collections.abc import Sequence
@@ -30,6 +31,7 @@ from ._mmsg import RecvMmsg, enabled_by_environment
 from ._mmsg import available as recvmmsg_available
 from ._mmsg_send import ReplyBatch
 from ._mmsg_send import available as sendmmsg_available
+from ._socket_os import ICMP_ERRNOS
 
 __all__ = (
     "MAX_GSO_SEGMENTS",
@@ -294,8 +296,13 @@ class BatchSender:
                 self._gso = False
             elif exc.errno in _GSO_REFUSED:
                 self._gso_ceiling = min(self._gso_ceiling, size)
-            # Anything else (an ICMP error about an earlier send, a firewall's EPERM) is for
-            # the slots' path to count, one datagram at a time.
+            elif exc.errno in ICMP_ERRNOS:
+                # An ICMP error about an earlier send is reported once, so the slots would not
+                # see it again: counted here (connected: raised after counting).
+                with contextlib.suppress(OSError):
+                    core.send_failed(exc, size, tally, retried=False)
+            # Anything else (a firewall's EPERM) is for the slots' path to count, one datagram
+            # at a time.
             return False
         tally.datagrams_sent += end - i
         tally.bytes_sent += size * (end - i - 1) + len(run[-1])

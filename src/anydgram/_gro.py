@@ -106,8 +106,16 @@ class RecvGro:
                 continue
             count = (length + size - 1) // size
             if size > limit:
-                tally.oversize += count
-                skipped += 1
+                # Every full segment is oversize; a shorter last one may still be within it.
+                last = length - (count - 1) * size
+                if last > limit:
+                    tally.oversize += count
+                    skipped += 1
+                    continue
+                tally.oversize += count - 1
+                batch.append((data[length - last :], address, None))
+                tally.datagrams_received += 1
+                tally.bytes_received += last
                 continue
             # Every segment but the last is ``size`` long; the last may be shorter.
             batch += [(data[i : i + size], address, None) for i in range(0, length, size)]

@@ -57,6 +57,11 @@ def encode_sockaddr(family: int, address: Any) -> bytes | None:
             )
             return raw + bytes(SOCKADDR_IN_SIZE - len(raw))
         if family == socket.AF_INET6:
+            if len(address) < 4:
+                # sendto() takes (host, port[, flowinfo]) too; a "%scope" host it resolves itself.
+                if len(address) < 2 or "%" in address[0]:
+                    return None
+                address = (*address, 0, 0)[:4]
             host, port, flowinfo, scope_id = address
             raw6: bytes = (
                 socket.AF_INET6.to_bytes(2, sys.byteorder)
