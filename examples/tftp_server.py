@@ -14,7 +14,8 @@ protocol in a few hundred lines, and it shows the pieces of anydgram a real one 
   considers only datagrams from the client's address and port, and drops (and counts) the
   rest, a duplicate ACK of an earlier block included. So a duplicate ACK never makes a block
   go out twice: the "Sorcerer's Apprentice" bug of early TFTP (RFC 1123, 4.2.3.1) cannot
-  happen. A block is sent again only when its ACK does not come in time.
+  happen. A block is sent again only when its ACK has not come in time, not even late: an
+  ACK that came in after the wait ended (the server busy elsewhere) still counts.
 
 What the server does:
 
@@ -28,7 +29,8 @@ What the server does:
   seconds); other options are ignored, as the RFC allows;
 - waits for an ACK as long as the client's ``timeout`` option says, or else for a time
   estimated from the round trips it measures (RFC 6298's estimator, doubled after each
-  timeout), so a lossy link costs milliseconds per lost packet, not seconds;
+  timeout), never less than 50 ms, so a lossy link costs tens of milliseconds per lost
+  packet, not seconds, and a busy client is not sent every block twice;
 - runs at most ``--max-transfers`` transfers at once (more are refused with error 0) and one
   per client address and port (a re-sent request is ignored while its transfer runs), and
   limits how many requests each source address may send per second (``--rate-limit``).
@@ -314,10 +316,14 @@ class RetransmitTimer:
     """
 
     INITIAL: Final = 0.5  # before the first measurement
-    # TCP's floor (200 ms on Linux, 1 s in RFC 6298) leaves room for delayed ACKs; a TFTP
-    # client acknowledges at once, and a send made too early costs one duplicate, which the
-    # client acknowledges again and the server ignores.
-    MIN: Final = 0.002
+    # The floor. A round trip on a LAN takes a fraction of a millisecond, so the estimate
+    # alone comes down to about that; but a client on a busy machine may wait for a CPU for
+    # a scheduling period (tens of ms on Linux) before it answers, and an estimate that small
+    # would send it nearly every block twice. Clients do not all take that well: atftp
+    # answers one duplicate with an extra ACK, then ignores the duplicates and gives up. TCP
+    # keeps 200 ms (Linux) or 1 s (RFC 6298) for its delayed ACKs, which TFTP does not have;
+    # 50 ms is above the scheduling delays and still costs a lossy link little per loss.
+    MIN: Final = 0.05
     MAX: Final = 2.0
 
     def __init__(self, fixed: float | None = None) -> None:
@@ -363,6 +369,31 @@ class Sent:
     #: DATA blocks the client acknowledged, and the bytes in them.
     blocks: int = 0
     bytes: int = 0
+    #: Datagrams dropped while looking for a late ACK (those dropped while a request() waits
+    #: are in the endpoint's ``unmatched_replies``).
+    ignored: int = 0
+
+
+async def late_answer(
+    endpoint: DatagramEndpoint[bytes, bytes], client: Any, block: int, sent: Sent
+) -> bytes | None:
+    """The client's answer to ``block`` if it is already waiting, else ``None``.
+
+    It can be: request() gives up at its deadline, and an ACK that came in just after (or
+    while this process waited for a CPU) is still in the socket; the next request() would
+    drop it as stale and send the block again. Whatever else is waiting (a duplicate ACK, a
+    datagram from another port) is dropped and counted in ``sent.ignored``.
+    """
+    answer = None
+    # To the end of what is waiting (timeout=0), not left at the answer: what follows it can
+    # only be stale too, and an iteration left open would be closed by the garbage collector.
+    async for datagram, sender in endpoint.iter_received_packets(timeout=0):
+        mine = isinstance(sender, tuple) and (sender[0], sender[1]) == (client[0], client[1])
+        if answer is None and mine and answers(datagram, block):
+            answer = datagram
+        else:
+            sent.ignored += 1
+    return answer
 
 
 async def send_until_acknowledged(
@@ -371,6 +402,7 @@ async def send_until_acknowledged(
     packet: bytes,
     block: int,
     timer: RetransmitTimer,
+    sent: Sent,
 ) -> None:
     """Send ``packet`` to ``client`` until it acknowledges ``block``.
 
@@ -383,26 +415,33 @@ async def send_until_acknowledged(
     give_up = time.monotonic() + GIVE_UP_AFTER
     icmp_errors = endpoint.statistics().icmp_errors
     first = True
-    while time.monotonic() < give_up:
-        timeout = timer.timeout
+    while True:
         started = time.monotonic()
         try:
             # One send per call: the retry loop is here, to back the timer off between sends.
             reply = await endpoint.request(
-                packet, client, timeout=timeout, attempts=1, match=lambda d: answers(d, block)
+                packet,
+                client,
+                timeout=timer.timeout,
+                attempts=1,
+                match=lambda d: answers(d, block),
             )
         except TimeoutError:
-            if endpoint.statistics().icmp_errors > icmp_errors:
-                raise ClientGone from None
-            timer.timed_out()
-            first = False
-            continue
+            late = await late_answer(endpoint, client, block, sent)
+            if late is None:
+                if endpoint.statistics().icmp_errors > icmp_errors:
+                    raise ClientGone from None
+                if time.monotonic() >= give_up:
+                    raise TimeoutError(f"no ACK of block {block} for {GIVE_UP_AFTER:g} s") from None
+                timer.timed_out()
+                first = False
+                continue
+            reply = late
         if first:  # after a re-send, the ACK may answer either send: no measurement
             timer.measured(time.monotonic() - started)
         if opcode_of(reply) == ERROR:
             raise ClientAbort(describe_error_untrusted(reply))
         return
-    raise TimeoutError(f"no ACK of block {block} for {GIVE_UP_AFTER:g} s")
 
 
 async def send_file(
@@ -423,10 +462,11 @@ async def send_file(
     timer = RetransmitTimer(options.timeout)
     if oack:  # the client acknowledges the OACK as block 0 (or refuses it with error 8)
         sent.packets += 1
-        await send_until_acknowledged(endpoint, client, oack_packet(oack), 0, timer)
+        await send_until_acknowledged(endpoint, client, oack_packet(oack), 0, timer, sent)
     for block, payload in enumerate(payloads, 1):
         sent.packets += 1
-        await send_until_acknowledged(endpoint, client, data_packet(block, payload), block, timer)
+        packet = data_packet(block, payload)
+        await send_until_acknowledged(endpoint, client, packet, block, timer, sent)
         sent.blocks += 1
         sent.bytes += len(payload)
 
@@ -549,7 +589,8 @@ class TFTPServer:
             del self.transfers[client[0], client[1]]
         self.log(
             f"{summary}: {outcome} {sent.bytes} bytes in {sent.blocks} blocks, "
-            f"{stats.datagrams_sent - sent.packets} sent again, {stats.unmatched_replies} ignored, "
+            f"{stats.datagrams_sent - sent.packets} sent again, "
+            f"{stats.unmatched_replies + sent.ignored} ignored, "
             f"{time.monotonic() - started:.2f} s"
         )
 
