@@ -188,6 +188,9 @@ class ReplyBatch(_SlotsBase):
         "tally",
     )
 
+    count: int
+    blocked: bool
+
     def __init__(self, core: SocketCore, tally: Tally, capacity: int = MAX_BATCH) -> None:
         if core.family not in (socket.AF_INET, socket.AF_INET6) and not core.connected:
             raise ValueError("sendmmsg slots are for IP sockets and connected ones")
