@@ -24,12 +24,13 @@ from typing import Any, TypeVar, cast
 import anyio
 import pytest
 
-from anydgram import _batches, _mmsg, _mmsg_send, _socket_io, _sync_socket
+from anydgram import DatagramProtocol, _batches, _mmsg, _mmsg_send, _socket_io, _sync_socket
 from anydgram._gro import SOL_UDP, UDP_GRO, RecvGro, enable_gro
 from anydgram._io_core import RecvFrom, SocketCore, SocketLike
 from anydgram._mmsg import RecvMmsg
 from anydgram._socket_io import SocketIO
 from anydgram._sync_socket import ThreadedSocketIO
+from anydgram.serializers import BytesSerializer
 
 UDP_SEGMENT = _batches.UDP_SEGMENT
 
@@ -49,6 +50,17 @@ FAMILY_LIMIT: dict[int, int] = {socket.AF_INET: 65507, socket.AF_INET6: 65527}
 RCVBUF = 4 << 20
 
 _T = TypeVar("_T")
+
+#: Raw bytes up to the largest datagram any family carries (IPv6's 65,527).
+RAW_MAX = DatagramProtocol(BytesSerializer(), max_datagram_size=65527)
+
+
+def closed_address(family: int, host: str) -> tuple[str, int]:
+    """``(host, port)`` of a port just closed: a datagram sent there comes back as ICMP."""
+    with socket.socket(family, socket.SOCK_DGRAM) as gone:
+        gone.bind((host, 0))
+        address: tuple[str, int] = gone.getsockname()[:2]
+    return address
 
 
 def payloads(sizes: Iterable[int], copies: int = 2) -> list[bytes]:

@@ -31,6 +31,7 @@ from anydgram.testing import MemoryNetwork
 from batch_harness import (
     FAMILY_LIMIT,
     PATTERN,
+    RAW_MAX,
     RCVBUF,
     RECV_PATHS,
     SEND_PATHS,
@@ -49,17 +50,9 @@ from batch_harness import (
     receive_exactly,
     require_paths,
 )
-from endpoint_harness import LOOPBACK_FAMILIES, wait_until
+from endpoint_harness import wait_until
 
 pytestmark = pytest.mark.anyio
-
-_RAW_MAX = DatagramProtocol(BytesSerializer(), max_datagram_size=65527)
-
-
-@pytest.fixture(params=LOOPBACK_FAMILIES)
-def family_host(request: pytest.FixtureRequest) -> tuple[int, str]:
-    value: tuple[int, str] = request.param
-    return value
 
 
 @pytest.fixture
@@ -68,10 +61,10 @@ async def pair(
 ) -> AsyncIterator[tuple[DatagramClient[bytes, bytes], DatagramEndpoint[bytes, bytes]]]:
     """A client connected to an endpoint over loopback; both carry the family's largest."""
     _, host = family_host
-    endpoint = await anydgram.open_udp_endpoint(host, 0, protocol=_RAW_MAX, recv_buffer_size=RCVBUF)
+    endpoint = await anydgram.open_udp_endpoint(host, 0, protocol=RAW_MAX, recv_buffer_size=RCVBUF)
     async with endpoint:
         client = await anydgram.connect_udp(
-            host, port_of(endpoint), protocol=_RAW_MAX, recv_buffer_size=RCVBUF
+            host, port_of(endpoint), protocol=RAW_MAX, recv_buffer_size=RCVBUF
         )
         async with client:
             yield client, endpoint

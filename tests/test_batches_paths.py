@@ -25,14 +25,16 @@ from anydgram import (
     DatagramProtocol,
     DatagramProtocolParseError,
 )
-from anydgram.serializers import BytesSerializer, JSONSerializer
+from anydgram.serializers import JSONSerializer
 from batch_harness import (
+    RAW_MAX,
     RCVBUF,
     SEND_PATHS,
     Paths,
     Syscalls,
     batched_by_environment,
     check_send_path,
+    closed_address,
     expected_path,
     gro_refused,
     gso_refused,
@@ -44,17 +46,9 @@ from batch_harness import (
     refusal,
     require_paths,
 )
-from endpoint_harness import LOOPBACK_FAMILIES, has_ipv6_loopback, wait_until
+from endpoint_harness import has_ipv6_loopback, wait_until
 
 pytestmark = pytest.mark.anyio
-
-_RAW_MAX = DatagramProtocol(BytesSerializer(), max_datagram_size=65527)
-
-
-@pytest.fixture(params=LOOPBACK_FAMILIES)
-def family_host(request: pytest.FixtureRequest) -> tuple[int, str]:
-    value: tuple[int, str] = request.param
-    return value
 
 
 @pytest.fixture
@@ -72,10 +66,10 @@ async def pair(
     family_host: tuple[int, str],
 ) -> AsyncIterator[tuple[DatagramClient[bytes, bytes], DatagramEndpoint[bytes, bytes]]]:
     _, host = family_host
-    endpoint = await anydgram.open_udp_endpoint(host, 0, protocol=_RAW_MAX, recv_buffer_size=RCVBUF)
+    endpoint = await anydgram.open_udp_endpoint(host, 0, protocol=RAW_MAX, recv_buffer_size=RCVBUF)
     async with endpoint:
         client = await anydgram.connect_udp(
-            host, port_of(endpoint), protocol=_RAW_MAX, recv_buffer_size=RCVBUF
+            host, port_of(endpoint), protocol=RAW_MAX, recv_buffer_size=RCVBUF
         )
         async with client:
             yield client, endpoint
@@ -304,9 +298,7 @@ async def test_icmp_errors_for_a_closed_port_do_not_stop_the_batch(
 ) -> None:
     family, host = family_host
     require_paths(family, send_path)
-    with socket.socket(family, socket.SOCK_DGRAM) as gone:
-        gone.bind((host, 0))
-        closed = gone.getsockname()[:2]
+    closed = closed_address(family, host)
     async with (
         await anydgram.open_udp_endpoint(host, 0) as sender,
         await anydgram.open_udp_endpoint(host, 0, recv_buffer_size=RCVBUF) as receiver,
@@ -329,9 +321,7 @@ async def test_a_client_raises_only_when_every_datagram_was_refused(
 ) -> None:
     family, host = family_host
     require_paths(family, send_path)
-    with socket.socket(family, socket.SOCK_DGRAM) as gone:
-        gone.bind((host, 0))
-        port = gone.getsockname()[1]
+    _, port = closed_address(family, host)
     async with await anydgram.connect_udp(host, port) as client:
         Paths(monkeypatch).force(client, send=send_path)
         for _ in range(2):
@@ -354,9 +344,7 @@ async def test_a_pending_icmp_error_is_counted_once_on_every_path(
 ) -> None:
     family, host = family_host
     require_paths(family, send_path)
-    with socket.socket(family, socket.SOCK_DGRAM) as gone:
-        gone.bind((host, 0))
-        port = gone.getsockname()[1]
+    _, port = closed_address(family, host)
     async with await anydgram.connect_udp(host, port) as client:
         Paths(monkeypatch).force(client, send=send_path)
         await client.send_packet(b"ping")

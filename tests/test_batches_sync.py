@@ -30,6 +30,7 @@ from anydgram.serializers import BytesSerializer, JSONSerializer
 from batch_harness import (
     FAMILY_LIMIT,
     PATTERN,
+    RAW_MAX,
     RCVBUF,
     RECV_PATHS,
     SEND_PATHS,
@@ -46,25 +47,16 @@ from batch_harness import (
     port_of,
     require_paths,
 )
-from endpoint_harness import LOOPBACK_FAMILIES
-
-_RAW_MAX = DatagramProtocol(BytesSerializer(), max_datagram_size=65527)
 
 SyncPair = tuple[SyncDatagramClient[bytes, bytes], SyncDatagramEndpoint[bytes, bytes]]
-
-
-@pytest.fixture(params=LOOPBACK_FAMILIES)
-def family_host(request: pytest.FixtureRequest) -> tuple[int, str]:
-    value: tuple[int, str] = request.param
-    return value
 
 
 @pytest.fixture
 def pair(family_host: tuple[int, str]) -> Iterator[SyncPair]:
     _, host = family_host
-    with SyncDatagramEndpoint(host, 0, protocol=_RAW_MAX, recv_buffer_size=RCVBUF) as endpoint:
+    with SyncDatagramEndpoint(host, 0, protocol=RAW_MAX, recv_buffer_size=RCVBUF) as endpoint:
         port = port_of(endpoint)
-        with SyncDatagramClient(host, port, protocol=_RAW_MAX, recv_buffer_size=RCVBUF) as client:
+        with SyncDatagramClient(host, port, protocol=RAW_MAX, recv_buffer_size=RCVBUF) as client:
             yield client, endpoint
 
 

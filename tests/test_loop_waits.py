@@ -17,6 +17,7 @@ import pytest
 import anydgram
 from anydgram._loop_waits import LoopReadiness
 from anydgram._socket_io import SocketIO
+from batch_harness import closed_address
 
 pytestmark = pytest.mark.anyio
 
@@ -113,9 +114,7 @@ async def test_an_icmp_error_does_not_stop_the_waits(anyio_backend: Any) -> None
     # EPOLLERR. libuv takes that as the end of a poll handle: uvloop runs the reader once and
     # closes the handle, so a reader kept registered would never be called again.
     with _peer() as peer:
-        dead = _peer()
-        unreachable = dead.getsockname()
-        dead.close()
+        unreachable = closed_address(socket.AF_INET, "127.0.0.1")
         async with await anydgram.open_udp_endpoint("127.0.0.1", 0) as endpoint:
             address = endpoint.socket.getsockname()
             got: list[bytes] = []

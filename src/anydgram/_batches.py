@@ -298,7 +298,8 @@ class BatchSender:
                 self._gso_ceiling = min(self._gso_ceiling, size)
             elif exc.errno in ICMP_ERRNOS:
                 # An ICMP error about an earlier send is reported once, so the slots would not
-                # see it again: counted here (connected: raised after counting).
+                # see it again: counted here, not raised (send_failed raises it after counting
+                # on a connected socket), and the run goes on through the slots.
                 with contextlib.suppress(OSError):
                     core.send_failed(exc, size, tally, retried=False)
             # Anything else (a firewall's EPERM) is for the slots' path to count, one datagram

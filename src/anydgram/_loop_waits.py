@@ -68,9 +68,13 @@ class FdWaiter:
         io.check_open()
 
 
+def _is_uvloop(loop: asyncio.AbstractEventLoop) -> bool:
+    return type(loop).__module__.startswith("uvloop")
+
+
 def keeps_readers(loop: asyncio.AbstractEventLoop) -> bool:
     """Whether ``loop`` has selector-style readers (asyncio's selector loops, uvloop)."""
-    return isinstance(loop, asyncio.SelectorEventLoop) or type(loop).__module__.startswith("uvloop")
+    return isinstance(loop, asyncio.SelectorEventLoop) or _is_uvloop(loop)
 
 
 class LoopReadiness:
@@ -101,7 +105,7 @@ class LoopReadiness:
         # raises): it runs the reader once and closes the handle, which then never reports
         # again. So on uvloop every wait registers the reader again (no system call while the
         # handle lives) and replaces a closed handle; asyncio's selector keeps it.
-        self._rearm = type(loop).__module__.startswith("uvloop")
+        self._rearm = _is_uvloop(loop)
         self._woken = False  # a wait just completed; its task may not have run yet
         self._wait_writable = wait_writable
         self._writable_of = sock

@@ -1,8 +1,8 @@
 """What the operating system says about a socket, and does to one, outside its sends and receives.
 
 The socket options set once (ICMP errors queued for counting), the kernel's drop count, the
-datagrams left unread at close and the Unix socket file a bind created. Split out of
-:mod:`anydgram._io_core`, which re-exports these names.
+datagrams left unread at close and the Unix socket file a bind created, for
+:mod:`anydgram._io_core` and the modules that open sockets.
 """
 
 from __future__ import annotations
