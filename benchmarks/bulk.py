@@ -9,6 +9,8 @@ Send rows (sender CPU per datagram; the metric is datagrams per second of sender
 - ``raw sendto``: ``sock.sendto`` in a loop, the baseline every ratio is against;
 - ``stdlib GSO``: ``sock.sendmsg`` with a ``UDP_SEGMENT`` control message, 54 datagrams per
   call, the best a bare stdlib loop does (the ceiling for ours);
+- ``ctypes sendmmsg``: one ``sendmmsg`` of 64 prebuilt messages per call, no Python work per
+  datagram, the ceiling for a sender batching without GSO;
 - ``send_packets`` (anydgram, per backend, batches of 64): GSO on, and GSO off (``sendmmsg``
   only).
 
@@ -87,6 +89,7 @@ RECV_BASELINE = Row("stdlib GSO", "raw recvfrom", "recv")
 def all_rows(backends: Sequence[str]) -> list[Row]:
     rows = [*SEND_BASELINES.values()]
     rows += [Row("stdlib GSO", "stdlib GRO", "send"), Row("stdlib GSO", "raw recvfrom", "send")]
+    rows.append(Row("ctypes sendmmsg", "stdlib GRO", "send"))
     for backend in backends:
         rows.append(Row(f"send_packets {backend}", "stdlib GRO", "send"))
         rows.append(Row(f"send_packets {backend}", "raw recvfrom", "send"))
@@ -126,6 +129,11 @@ def send_child(kind: str, port: int, seconds: float) -> None:
             for _ in range(BATCH):
                 sock.sendto(payload, address)
             count += BATCH
+    elif kind == "ctypes sendmmsg":
+        send_batch = _bare_sendmmsg(sock, payload, address)
+        while time.monotonic() < deadline:
+            for _ in range(4):
+                count += send_batch()
     else:  # stdlib GSO
         run = [payload] * GSO_RUN
         control = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", SIZE))]
@@ -137,6 +145,60 @@ def send_child(kind: str, port: int, seconds: float) -> None:
                     continue
                 count += GSO_RUN
     _report(count, start_cpu, started)
+
+
+def _bare_sendmmsg(sock: socket.socket, payload: bytes, address: tuple[str, int]) -> Any:
+    """A ``sendmmsg`` of ``BATCH`` copies of ``payload``, built once: no Python per datagram.
+
+    The ceiling of any sender that batches with ``sendmmsg`` alone (no GSO): what is left is
+    the kernel's work per datagram and one ``ctypes`` call per batch.
+    """
+    import ctypes
+    import ctypes.util
+
+    class IoVec(ctypes.Structure):
+        _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+    class MsgHdr(ctypes.Structure):
+        _fields_ = [
+            ("name", ctypes.c_void_p),
+            ("namelen", ctypes.c_uint32),
+            ("iov", ctypes.c_void_p),
+            ("iovlen", ctypes.c_size_t),
+            ("control", ctypes.c_void_p),
+            ("controllen", ctypes.c_size_t),
+            ("flags", ctypes.c_int),
+        ]
+
+    class MMsgHdr(ctypes.Structure):
+        _fields_ = [("hdr", MsgHdr), ("len", ctypes.c_uint)]
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    sendmmsg = libc.sendmmsg
+    sendmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int]
+    sendmmsg.restype = ctypes.c_int
+    data = ctypes.create_string_buffer(payload, len(payload))
+    name = ctypes.create_string_buffer(
+        struct.pack("=H", socket.AF_INET)
+        + struct.pack("!H", address[1])
+        + socket.inet_aton(address[0])
+        + bytes(8)
+    )
+    iovec = IoVec(ctypes.addressof(data), len(payload))
+    messages = (MMsgHdr * BATCH)()
+    for message in messages:
+        message.hdr.name = ctypes.addressof(name)
+        message.hdr.namelen = 16
+        message.hdr.iov = ctypes.addressof(iovec)
+        message.hdr.iovlen = 1
+    fd = sock.fileno()
+    keep = (data, name, iovec, messages)
+
+    def send_batch() -> int:
+        sent: int = sendmmsg(fd, keep[3], BATCH, 0)
+        return max(sent, 0)
+
+    return send_batch
 
 
 def _send_packets(kind: str, address: tuple[str, int], seconds: float) -> None:

@@ -9,6 +9,7 @@ where a compiler is there, so a build that silently failed fails here instead.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import importlib.util
 import os
@@ -208,6 +209,22 @@ def _state(batch: Any, family: int) -> tuple[Any, ...]:
     return (slots, batch.count, batch.blocked, batch.capacity, batch._slot_size, peers)
 
 
+@contextlib.contextmanager
+def _twin_batches(
+    pure: ModuleType, family: int, socks: list[socket.socket], limit: int, capacity: int
+) -> Iterator[tuple[list[Any], list[Tally]]]:
+    """A pure-Python and a compiled ReplyBatch on one sender socket, each with its tally."""
+    sender = socket.socket(family, socket.SOCK_DGRAM)
+    sender.bind((socks[0].getsockname()[0], 0))
+    with sender:
+        core = SocketCore(sender, max_datagram_size=limit, connected=False)
+        tallies = [Tally(), Tally()]
+        yield (
+            [pure.ReplyBatch(core, tallies[0], capacity), ReplyBatch(core, tallies[1], capacity)],
+            tallies,
+        )
+
+
 @needs_speedups
 def test_put_matches_the_reference(
     monkeypatch: pytest.MonkeyPatch, peers: tuple[int, list[socket.socket]]
@@ -220,12 +237,7 @@ def test_put_matches_the_reference(
     addresses: list[Any] = [sock.getsockname() for sock in socks]
     addresses += ["not an address", ("::1",), None]
     limit = 1200
-    sender = socket.socket(family, socket.SOCK_DGRAM)
-    sender.bind((socks[0].getsockname()[0], 0))
-    with sender:
-        core = SocketCore(sender, max_datagram_size=limit, connected=False)
-        tallies = [Tally(), Tally()]
-        batches = [pure.ReplyBatch(core, tallies[0], 5), ReplyBatch(core, tallies[1], 5)]
+    with _twin_batches(pure, family, socks, limit, 5) as (batches, tallies):
         assert type(batches[1]).__mro__[1] is not pure.ReplySlots
         for step in range(300):
             size = rng.choice([0, limit, limit + 1, rng.randrange(limit)])
@@ -256,3 +268,69 @@ def test_put_matches_the_reference(
                 batch.put(b"x", unhashable)
             errors.append(str(info.value))
         assert errors[0] == errors[1]
+
+
+@needs_speedups
+def test_put_many_matches_the_reference(peers: tuple[int, list[socket.socket]]) -> None:
+    family, socks = peers
+    pure = _pure_mmsg_send()
+    rng = random.Random(family + 1)
+    known: list[Any] = [sock.getsockname() for sock in socks]
+    addresses_pool: list[Any] = [*known, "not an address", None]
+    limit = 1200
+    with _twin_batches(pure, family, socks, limit, 7) as (batches, tallies):
+        for batch in batches:
+            batch.put(b"", known[0])  # one peer encoded: put_many queues only for known peers
+            batch.discard()
+        stops: set[int] = set()
+        for step in range(300):
+            length = rng.randrange(12)
+            datagrams: list[Any] = [
+                rng.randbytes(rng.choice([0, limit, limit + 1, rng.randrange(limit)]))
+                for _ in range(length)
+            ]
+            if length and step % 9 == 0:
+                datagrams[rng.randrange(length)] = bytearray(b"not bytes")
+            addresses = [rng.choice(addresses_pool) for _ in range(length)]
+            if step % 3 == 0:
+                addresses = [known[0]] * length
+            if step % 40 == 39:
+                for batch in batches:
+                    batch.blocked = True
+            start = rng.randrange(length + 1)
+            stop = rng.randrange(start, length + 2)
+            results = [batch.put_many(datagrams, addresses, start, stop) for batch in batches]
+            assert results[0] == results[1]
+            stops.add(results[0] - start)
+            assert _state(batches[0], family) == _state(batches[1], family)
+            if step % 5 == 4 or step % 40 == 39:
+                for batch in batches:
+                    batch.discard()
+        assert max(stops) >= 3  # runs were queued, not only stopped at once
+        for batch in batches:
+            with pytest.raises(TypeError):
+                batch.put_many([b"x"], [[1, 2]], 0, 1)  # an unhashable address, as put()
+        assert batches[0].count == batches[1].count
+        for batch in batches:
+            batch.flush()
+        assert tallies[0].datagrams_sent == tallies[1].datagrams_sent
+        assert tallies[0].bytes_sent == tallies[1].bytes_sent
+
+
+def test_put_many_queues_a_connected_sockets_batch_in_one_call() -> None:
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 0))
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with receiver, sender:
+        sender.connect(receiver.getsockname())
+        receiver.settimeout(5)
+        tally = Tally()
+        batch = ReplyBatch(SocketCore(sender, max_datagram_size=100, connected=True), tally, 4)
+        datagrams = [bytes([i]) * i for i in range(6)]
+        assert batch.put_many(datagrams, None, 1, 6) == 5  # four slots: stops at the fifth
+        assert batch.count == 4
+        assert batch.flush()
+        assert [receiver.recv(200) for _ in range(4)] == datagrams[1:5]
+        assert tally.datagrams_sent == 4
+        assert batch.put_many([b"x" * 101], None, 0, 1) == 0  # longer than a slot
+        assert batch.count == 0

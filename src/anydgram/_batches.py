@@ -165,8 +165,8 @@ class BatchSender:
     def send(
         self,
         tally: Tally,
-        datagrams: Sequence[bytes],
-        addresses: Sequence[Any] | None,
+        datagrams: list[bytes],
+        addresses: list[Any] | None,
         start: int,
     ) -> int:
         """Send ``datagrams[start:]`` as far as the kernel takes them now.
@@ -211,6 +211,13 @@ class BatchSender:
                         i = queued_from = end
                         continue
                     gso_until = end  # refused: these go one slot each
+            # Everything up to the next GSO try goes into the slots in one call while it can;
+            # the one it stops at (full slots, a new peer, a long one) takes the steps below.
+            stop = count if not self._gso else max(gso_until, i + 1)
+            j = slots.put_many(datagrams, addresses, i, stop)
+            if j > i:
+                i = j
+                continue
             if slots.count >= slots.capacity:
                 if not slots.flush():
                     return self._blocked(queued_from)

@@ -147,6 +147,46 @@ class ReplySlots:
         self.count = i + 1
         return True
 
+    def put_many(
+        self, datagrams: list[bytes], addresses: list[Any] | None, start: int, stop: int
+    ) -> int:
+        """Queue ``datagrams[start:stop]`` while each takes :meth:`put`'s plain path.
+
+        That is: ``bytes`` that fit a slot, to a peer already encoded (``addresses[i]``, or
+        the connected peer when ``addresses`` is ``None``), while there is room and the
+        kernel's buffer was not found full. It stops at the first one that would need more
+        (the caller puts that one with :meth:`put`).
+
+        Returns:
+            The index of the first datagram not queued.
+        """
+        names = self._names
+        slot = self.count
+        i = start
+        capacity = min(self.capacity, len(self._peers))
+        try:
+            while i < stop and slot < capacity and not self.blocked:
+                if i >= len(datagrams) or (addresses is not None and i >= len(addresses)):
+                    break
+                data = datagrams[i]
+                address = None if addresses is None else addresses[i]
+                if type(data) is not bytes or len(data) > self._slot_size:
+                    break
+                name = names.get(address)  # TypeError for an unhashable address, as put()
+                if name is None:
+                    break
+                n = len(data)
+                offset = self._offsets[slot]
+                self._data[offset : offset + n] = data
+                self._name_pointers[slot] = name
+                self._iov_lengths[slot] = n
+                self._peers[slot] = address
+                slot += 1
+                i += 1
+        finally:
+            self.count = slot
+        return i
+
     def _put_slowly(self, data: bytes, address: Any) -> bool:
         raise NotImplementedError
 

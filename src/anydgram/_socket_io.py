@@ -9,7 +9,7 @@ where the kernel counts what it drops. The memory network plugs in its own waits
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import anyio
@@ -361,7 +361,7 @@ class SocketIO(Tally):
             if self.send_nowait(data, address, source):
                 return
 
-    async def send_many(self, datagrams: Sequence[bytes], addresses: Sequence[Any] | None) -> None:
+    async def send_many(self, datagrams: list[bytes], addresses: list[Any] | None) -> None:
         """Send checked datagrams in as few system calls as the socket allows.
 
         ``addresses`` gives each datagram's destination (``None`` on a connected socket).

@@ -308,11 +308,83 @@ slots_put(ReplySlots *self, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_TRUE;
 }
 
+/* put_many(datagrams, addresses, start, stop): queue datagrams[start:stop] while each takes
+ * put()'s plain path (a known peer, bytes within a slot, room, not blocked); the index of the
+ * first one not queued. */
+static PyObject *
+slots_put_many(ReplySlots *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_Format(PyExc_TypeError, "put_many() takes 4 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    PyObject *datagrams = args[0], *addresses = args[1];
+    if (!PyList_CheckExact(datagrams) || (addresses != Py_None && !PyList_CheckExact(addresses))) {
+        PyErr_SetString(PyExc_TypeError, "put_many(): datagrams and addresses must be lists");
+        return NULL;
+    }
+    Py_ssize_t start = PyLong_AsSsize_t(args[2]);
+    Py_ssize_t stop = PyLong_AsSsize_t(args[3]);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    if (self->names == NULL || self->peers == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "put_many() before _setup_slots()");
+        return NULL;
+    }
+    Py_ssize_t i = start < 0 ? 0 : start;
+    Py_ssize_t slot = self->count;
+    Py_ssize_t capacity = self->capacity;
+    if (capacity > PyList_GET_SIZE(self->peers)) {
+        capacity = PyList_GET_SIZE(self->peers);
+    }
+    for (; i < stop && slot < capacity && !self->blocked; i++, slot++) {
+        /* Both lists may have changed size through a dict lookup's __eq__: checked each time. */
+        if (i >= PyList_GET_SIZE(datagrams) ||
+            (addresses != Py_None && i >= PyList_GET_SIZE(addresses))) {
+            break;
+        }
+        PyObject *data = PyList_GET_ITEM(datagrams, i);
+        PyObject *address = addresses == Py_None ? Py_None : PyList_GET_ITEM(addresses, i);
+        if (!PyBytes_CheckExact(data) || PyBytes_GET_SIZE(data) > self->slot_size) {
+            break;
+        }
+        Py_INCREF(data);
+        Py_INCREF(address);
+        PyObject *name = PyDict_GetItemWithError(self->names, address); /* borrowed */
+        void *pointer = NULL;
+        if (name != NULL && name != Py_None) {
+            pointer = PyLong_AsVoidPtr(name);
+        }
+        if (name == NULL || name == Py_None || (pointer == NULL && PyErr_Occurred())) {
+            Py_DECREF(data);
+            Py_DECREF(address);
+            if (PyErr_Occurred()) {
+                self->count = slot;
+                return NULL;
+            }
+            break;
+        }
+        Py_ssize_t n = PyBytes_GET_SIZE(data);
+        memcpy(self->data + slot * self->slot_size, PyBytes_AS_STRING(data), (size_t)n);
+        Py_DECREF(data);
+        self->messages[slot].msg_hdr.msg_name = pointer;
+        self->iovecs[slot].iov_len = (size_t)n;
+        PyObject *old = PyList_GET_ITEM(self->peers, slot);
+        PyList_SET_ITEM(self->peers, slot, address); /* the reference taken above */
+        Py_XDECREF(old);
+    }
+    self->count = slot;
+    return PyLong_FromSsize_t(i);
+}
+
 static PyMethodDef slots_methods[] = {
     {"_setup_slots", (PyCFunction)(void (*)(void))slots_setup, METH_FASTCALL,
      "Point the slots at their buffers (see _mmsg_send.ReplySlots)."},
     {"put", (PyCFunction)(void (*)(void))slots_put, METH_FASTCALL,
      "Queue data for address; False if it must be sent the ordinary way."},
+    {"put_many", (PyCFunction)(void (*)(void))slots_put_many, METH_FASTCALL,
+     "Queue datagrams[start:stop] as far as put() would without help; where it stopped."},
     {NULL, NULL, 0, NULL},
 };
 

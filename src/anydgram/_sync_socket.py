@@ -21,7 +21,7 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, Final, Protocol
 
 import anyio
@@ -362,7 +362,7 @@ class ThreadedSocketIO:
             self._leave(side, tally)
 
     def send_many(
-        self, datagrams: Sequence[bytes], addresses: Sequence[Any] | None, deadline: float | None
+        self, datagrams: list[bytes], addresses: list[Any] | None, deadline: float | None
     ) -> None:
         """Send checked datagrams in as few system calls as the socket allows.
 
