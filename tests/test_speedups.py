@@ -17,13 +17,13 @@ import random
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from types import ModuleType
 from typing import Any
 
 import pytest
 
-from anydgram import _compiled, _mmsg, _mmsg_send
+from anydgram import _compiled, _gro, _mmsg, _mmsg_send
 from anydgram._io_core import SocketCore, Tally
 from anydgram._mmsg import IoVec, MMsgHdr, decode_sockaddr_untrusted, unpack_batch
 from anydgram._mmsg_send import ReplyBatch, ReplySlots, encode_sockaddr
@@ -212,7 +212,7 @@ def _state(batch: Any, family: int) -> tuple[Any, ...]:
 @contextlib.contextmanager
 def _twin_batches(
     pure: ModuleType, family: int, socks: list[socket.socket], limit: int, capacity: int
-) -> Iterator[tuple[list[Any], list[Tally]]]:
+) -> Generator[tuple[list[Any], list[Tally]]]:
     """A pure-Python and a compiled ReplyBatch on one sender socket, each with its tally."""
     sender = socket.socket(family, socket.SOCK_DGRAM)
     sender.bind((socks[0].getsockname()[0], 0))
@@ -334,3 +334,33 @@ def test_put_many_queues_a_connected_sockets_batch_in_one_call() -> None:
         assert tally.datagrams_sent == 4
         assert batch.put_many([b"x" * 101], None, 0, 1) == 0  # longer than a slot
         assert batch.count == 0
+
+
+# -- split_segments -----------------------------------------------------------------------------
+
+
+@needs_speedups
+def test_split_segments_matches_the_reference() -> None:
+    assert speedups is not None
+    rng = random.Random(3)
+    address = ("127.0.0.1", 9)
+    for _ in range(200):
+        size = rng.choice([1, 7, 1200, 1472, 65507, rng.randrange(1, 3000)])
+        data = rng.randbytes(rng.choice([0, 1, size, size * 3, size * 3 + 1, rng.randrange(65536)]))
+        tail: tuple[Any, ...] = rng.choice([(address, None), (), (address, None, "metadata")])
+        compiled = speedups.split_segments(data, size, tail)
+        assert compiled == _gro.split_segments(data, size, tail)
+        assert b"".join(item[0] for item in compiled) == data
+        assert all(item[1:] == tail and item[-1] is tail[-1] for item in compiled if tail)
+    for bad in [(b"x", 0, ()), (b"x", -1, ())]:
+        with pytest.raises(ValueError, match="segment size"):
+            speedups.split_segments(*bad)
+    with pytest.raises(TypeError):
+        speedups.split_segments(bytearray(b"x"), 1, ())
+    with pytest.raises(TypeError):
+        speedups.split_segments(b"x", 1, [address])
+
+
+def test_the_gro_path_splits_with_the_chosen_function() -> None:
+    expected = _gro.split_segments if speedups is None else speedups.split_segments
+    assert _gro._split is expected

@@ -1,12 +1,13 @@
 /* The optional compiled fast path of anydgram's batch paths (Linux).
  *
- * Two pieces of per-datagram work, each the exact counterpart of a pure-Python reference that
+ * Three pieces of per-datagram work, each the exact counterpart of a pure-Python reference that
  * stays the default wherever this module is not built or ANYDGRAM_NO_EXTENSIONS is set:
  *
  *   unpack_batch   _mmsg.unpack_batch: a recvmmsg batch into (bytes, address, None) triples,
  *                  the senders' addresses looked up in (and added to) the receiver's cache;
+ *   split_segments _gro.split_segments: a UDP_GRO buffer cut back into its datagrams;
  *   ReplySlots     _mmsg_send.ReplySlots: ReplyBatch's base, whose put() copies a reply into
- *                  its sendmmsg slot.
+ *                  its sendmmsg slot and put_many() a whole run of them.
  *
  * Both produce the same objects, change the same state and raise the same exceptions as the
  * Python code; tests/test_speedups.py compares them on random batches. Plain C API, no
@@ -138,6 +139,58 @@ fail:
     PyBuffer_Release(&data);
     Py_XDECREF(batch);
     return NULL;
+}
+
+/* split_segments(data, size, tail) -> [(data[i:i + size], *tail) for i in range(0, len, size)]:
+ * a UDP_GRO buffer cut into its datagrams, each followed by the same tail (the sender, ...). */
+static PyObject *
+split_segments(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 3) {
+        PyErr_Format(PyExc_TypeError, "split_segments() takes 3 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    PyObject *data = args[0], *tail = args[2];
+    if (!PyBytes_CheckExact(data) || !PyTuple_CheckExact(tail)) {
+        PyErr_SetString(PyExc_TypeError, "split_segments(): data must be bytes, tail a tuple");
+        return NULL;
+    }
+    Py_ssize_t size = PyLong_AsSsize_t(args[1]);
+    if (size == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (size <= 0) {
+        PyErr_SetString(PyExc_ValueError, "split_segments(): the segment size must be positive");
+        return NULL;
+    }
+    Py_ssize_t length = PyBytes_GET_SIZE(data);
+    Py_ssize_t extra = PyTuple_GET_SIZE(tail);
+    Py_ssize_t count = length / size + (length % size != 0);
+    PyObject *out = PyList_New(count);
+    if (out == NULL) {
+        return NULL;
+    }
+    const char *start = PyBytes_AS_STRING(data);
+    for (Py_ssize_t k = 0; k < count; k++) {
+        Py_ssize_t offset = k * size;
+        Py_ssize_t n = length - offset < size ? length - offset : size;
+        PyObject *item = PyTuple_New(1 + extra);
+        PyObject *segment = item ? PyBytes_FromStringAndSize(start + offset, n) : NULL;
+        if (segment == NULL) {
+            Py_XDECREF(item);
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(item, 0, segment);
+        for (Py_ssize_t j = 0; j < extra; j++) {
+            PyObject *value = PyTuple_GET_ITEM(tail, j);
+            Py_INCREF(value);
+            PyTuple_SET_ITEM(item, 1 + j, value);
+        }
+        PyList_SET_ITEM(out, k, item);
+    }
+    return out;
 }
 
 /* ReplySlots: the slot state of a ReplyBatch and its put(). */
@@ -415,6 +468,8 @@ static PyTypeObject ReplySlotsType = {
 static PyMethodDef module_methods[] = {
     {"unpack_batch", (PyCFunction)(void (*)(void))unpack_batch, METH_FASTCALL,
      "A recvmmsg batch into (bytes, address, None) triples (see _mmsg.unpack_batch)."},
+    {"split_segments", (PyCFunction)(void (*)(void))split_segments, METH_FASTCALL,
+     "A UDP_GRO buffer cut into (segment, *tail) tuples (see _gro.split_segments)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -20,6 +20,7 @@ def unpack_batch(
     cache_size: int,
     /,
 ) -> tuple[list[Received], int, int]: ...
+def split_segments(data: bytes, size: int, tail: tuple[Any, ...], /) -> list[Received]: ...
 
 class ReplySlots:
     count: int
