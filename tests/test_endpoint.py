@@ -10,6 +10,7 @@ descriptors, kernel buffers, binding the freed address with a socket) ask for
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import pathlib
 import random
@@ -26,6 +27,7 @@ from anydgram import (
     DatagramProtocolParseError,
     DatagramTooLargeError,
 )
+from anydgram._endpoint_base import BaseEndpoint
 from anydgram.serializers import BytesSerializer, JSONSerializer
 from endpoint_harness import (
     KINDS,
@@ -409,6 +411,46 @@ async def test_iterate_without_budget_waits_until_cancelled(harness: Harness) ->
             got.append(packet)
     assert scope.cancelled_caught
     assert got == [b"first"]
+
+
+async def test_leaving_an_iteration_early_closes_it_at_once(
+    async_harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The generator under iter_received_packets() is closed with it, not left to the garbage
+    # collector (trio warns about such generators; asyncio closes them in a later task).
+    closed: list[str] = []
+    original: Any = vars(BaseEndpoint)["_iter_datagrams"]
+
+    async def tracked(self: Any, timeout: float | None) -> Any:
+        try:
+            async with contextlib.aclosing(original(self, timeout)) as items:
+                async for item in items:
+                    yield item
+        finally:
+            closed.append("closed")
+
+    monkeypatch.setattr(BaseEndpoint, "_iter_datagrams", tracked)
+    peer = async_harness.peer()
+    endpoint = await async_harness.endpoint()
+    for i in range(3):
+        await peer.send(bytes([i]), endpoint.local_address)
+    packets: Any = endpoint.iter_received_packets(timeout=5)
+    with anyio.fail_after(5):
+        first, _ = await packets.__anext__()
+    assert first == b"\0"
+    assert closed == []
+    await packets.aclose()
+    assert closed == ["closed"]
+    client = await async_harness.client(peer)
+    await client.send_packet(b"hi")
+    with anyio.fail_after(5):
+        _, address = await peer.recv()
+    await peer.send(b"reply", address)
+    replies: Any = client.iter_received_packets(timeout=5)
+    with anyio.fail_after(5):
+        assert await replies.__anext__() == b"reply"
+    await replies.aclose()
+    assert closed == ["closed", "closed"]
 
 
 async def test_negative_budget_is_refused(harness: Harness) -> None:

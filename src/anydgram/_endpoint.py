@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import AsyncGenerator, Callable, Iterable
+from contextlib import aclosing
 from typing import Any, TypeVar, cast, overload
 
 import anyio
@@ -192,8 +193,10 @@ class DatagramClient(BaseEndpoint[SendT, RecvT]):
             anyio.BusyResourceError: A :meth:`request` call is pending.
             anyio.ClosedResourceError: The client is closed.
         """
-        async for data, address in self._iter_datagrams(timeout):
-            yield self._parse(data, address)
+        # Closed with this generator, so leaving the loop early leaves nothing to the collector.
+        async with aclosing(self._iter_datagrams(timeout)) as datagrams:
+            async for data, address in datagrams:
+                yield self._parse(data, address)
 
     async def request(
         self,
@@ -395,8 +398,9 @@ class DatagramEndpoint(BaseEndpoint[SendT, RecvT]):
             anyio.BusyResourceError: A :meth:`request` call is pending.
             anyio.ClosedResourceError: The endpoint is closed.
         """
-        async for data, address in self._iter_datagrams(timeout):
-            yield self._parse(data, address), address
+        async with aclosing(self._iter_datagrams(timeout)) as datagrams:
+            async for data, address in datagrams:
+                yield self._parse(data, address), address
 
     async def request(
         self,
