@@ -257,6 +257,18 @@ async def serve_anydgram_server_unbatched(
     await serve_anydgram_server(json, task_status=task_status)
 
 
+async def serve_anydgram_server_pure(
+    json: bool, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED
+) -> None:
+    """``anydgram-server`` with ``ANYDGRAM_NO_EXTENSIONS=1``: the pure-Python batch paths."""
+    os.environ["ANYDGRAM_NO_EXTENSIONS"] = "1"  # before anydgram's first import, in this child
+    from anydgram import _compiled
+
+    if _compiled.speedups is not None:
+        raise RuntimeError("anydgram was imported before ANYDGRAM_NO_EXTENSIONS was set")
+    await serve_anydgram_server(json, task_status=task_status)
+
+
 ASYNC_SERVERS: dict[str, AsyncServe] = {
     "asyncio-protocol": serve_asyncio_protocol,
     "anyio-udp": serve_anyio_udp,
@@ -266,6 +278,7 @@ ASYNC_SERVERS: dict[str, AsyncServe] = {
     "anydgram-server": serve_anydgram_server,
     "anydgram-server-return": serve_anydgram_server_returning,
     "anydgram-server-unbatched": serve_anydgram_server_unbatched,
+    "anydgram-server-pure": serve_anydgram_server_pure,
 }
 KINDS = ("raw", "raw-mmsg", *ASYNC_SERVERS)
 BACKENDS = ("blocking", "asyncio", "uvloop", "trio")

@@ -151,6 +151,15 @@ SERVERS: dict[str, ServerKind] = {
         quick=("asyncio",),
         throughput_only=True,
     ),
+    "anydgram-server-pure": ServerKind(
+        "anydgram DatagramServer (bytes, ANYDGRAM_NO_EXTENSIONS=1: pure Python)",
+        "anydgram-server-pure",
+        BACKENDS,
+        "anydgram",
+        requires="anydgram.DatagramServer",
+        quick=("asyncio",),
+        throughput_only=True,
+    ),
     "anydgram-server-json": ServerKind(
         "anydgram DatagramServer (JSON)",
         "anydgram-server",
