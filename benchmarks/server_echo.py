@@ -450,6 +450,60 @@ def render_load(results: Results, load: Load) -> str:
     return "\n".join([f"#### {load} ({load.purpose})", "", markdown_table(headers, lines)])
 
 
+#: The rows of "Where the time goes": the two hand-written loops and the server both ways.
+TIME_SPLIT_ROWS = ("raw", "raw-mmsg", "anydgram-server-pure", "anydgram-server")
+
+
+def _per_datagram(rounds: Sequence[dict[str, Any]], key: str) -> float:
+    """The median over rounds of ``key`` (seconds of server CPU) per echoed datagram, in us."""
+    return Summary.of(
+        [
+            r[key] / r["echoes_measured"] * 1e6
+            if r.get(key) is not None and r.get("echoes_measured")
+            else math.nan
+            for r in rounds
+        ]
+    ).median
+
+
+def render_time_split(results: Results) -> str | None:
+    """Server CPU per datagram at 64 B, 64 in flight, split into user space and the kernel."""
+    load = LOADS["64x64"]
+    lines = []
+    for kind in TIME_SPLIT_ROWS:
+        for row in results:
+            if row.kind != kind:
+                continue
+            rounds = _load_rounds(results, row, load)
+            if rounds is None:
+                continue
+            user = _per_datagram(rounds, "server_user_s")
+            system = _per_datagram(rounds, "server_system_s")
+            lines.append(
+                [
+                    SERVERS[kind].label,
+                    row.backend,
+                    f"{user:.2f}",
+                    f"{system:.2f}",
+                    f"{user + system:.2f}",
+                ]
+            )
+    if not lines:
+        return None
+    headers = ["server", "backend", "user us/dgram", "kernel us/dgram", "total us/dgram"]
+    return "\n".join(
+        [
+            "#### Where the time goes (64 B, window 64)",
+            "",
+            "The server process's CPU per echoed datagram, split into user space (Python, libc) "
+            "and the kernel (system calls, including the loopback delivery of each reply), "
+            "medians over the rounds; /proc's 10 ms ticks, so about +-0.05 us.",
+            "",
+            markdown_table(headers, lines),
+        ]
+    )
+
+
 def render_scraping(results: Results, plan: Plan) -> str | None:
     """The scraped rows against the same server unscraped: what serving /metrics costs."""
     lines = []
@@ -630,6 +684,9 @@ def render(results: Results, plan: Plan, skipped: Sequence[str]) -> str:
         out += ["", f"Skipped: {note}"]
     for key in plan.loads:
         out += ["", render_load(results, LOADS[key])]
+    split = render_time_split(results) if "64x64" in plan.loads else None
+    if split:
+        out += ["", split]
     scraping = render_scraping(results, plan)
     if scraping:
         out += ["", scraping]
