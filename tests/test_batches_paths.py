@@ -380,6 +380,23 @@ async def test_a_gro_buffer_larger_than_max_count_is_kept_for_the_next_receives(
 
 
 @pytest.mark.usefixtures("gso_and_gro")
+async def test_datagrams_left_in_gro_buffers_at_close_are_each_counted(
+    pair: tuple[DatagramClient[bytes, bytes], DatagramEndpoint[bytes, bytes]],
+) -> None:
+    client, endpoint = pair
+    await _gro_ready(client, endpoint)
+    assert receive_strategy(endpoint) == "gro"
+    # Loopback delivers before the send returns: a 30-datagram train, then three single ones.
+    await client.send_packets(numbered(30, 1200))
+    for size in (10, 20, 30):
+        await client.send_packet(b"y" * size)
+    await endpoint.aclose()
+    stats = endpoint.statistics()
+    assert stats.unread_at_close == 33  # each datagram of the train, not the buffer as one
+    assert stats.datagrams_received == 1  # the hello
+
+
+@pytest.mark.usefixtures("gso_and_gro")
 async def test_an_undecodable_datagram_inside_a_gro_buffer_ends_the_batch_there(
     family_host: tuple[int, str],
 ) -> None:
