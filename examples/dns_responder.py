@@ -271,6 +271,17 @@ def answer_untrusted(message: bytes, zone: Zone) -> tuple[bytes | None, str]:
     return response, f"{qtype} {name} {RCODE_NAMES[rcode]} {answers} answers"
 
 
+def response_untrusted(message: bytes, zone: Zone) -> bytes | None:
+    """:func:`answer_untrusted` without the line that describes it (what ``--quiet`` serves)."""
+    try:
+        query = parse_query_untrusted(message)
+    except DNSFormatError:
+        return formerr(message)
+    if query is None:
+        return None
+    return build_response(query, zone)[0]
+
+
 def presentation(labels: Name) -> str:
     r"""A name for printing: bytes outside printable ASCII (and ``.``, ``\``) as ``\DDD``."""
     if not labels:
@@ -322,16 +333,17 @@ def main(argv: list[str] | None = None) -> None:
         zone = Zone.from_text(args.zone.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         parser.error(f"{args.zone}: {exc}")
-    quiet: bool = args.quiet
 
     async def handler(request: DatagramRequest[bytes, bytes]) -> None:
         response, description = answer_untrusted(request.packet, zone)
-        if not quiet:
-            print(f"{format_address(request.address)} {description}", flush=True)
+        print(f"{format_address(request.address)} {description}", flush=True)
         if response is not None:
             await request.respond(response)
 
-    server = DatagramServer(args.host, args.port, handler)
+    async def quiet_handler(request: DatagramRequest[bytes, bytes]) -> bytes | None:
+        return response_untrusted(request.packet, zone)  # the reply, or None: no reply
+
+    server = DatagramServer(args.host, args.port, quiet_handler if args.quiet else handler)
     backend = "asyncio" if args.backend == "uvloop" else args.backend
     options = {"use_uvloop": True} if args.backend == "uvloop" else {}
     anyio.run(serve, server, backend=backend, backend_options=options)
