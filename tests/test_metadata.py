@@ -15,13 +15,14 @@ import sys
 import time
 from collections.abc import Generator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, assert_type
 
 import anyio
 import pytest
 
 import anydgram
 from anydgram import (
+    Address,
     DatagramMetadata,
     DatagramRequest,
     DatagramServer,
@@ -105,8 +106,10 @@ async def test_endpoint_reports_every_field(
             start = time.time()
             peer.sendto(b"ping", (host, port_of(endpoint)))
             with anyio.fail_after(5):
-                packet, address, metadata = await endpoint.recv_packet_with_metadata()
+                received = await endpoint.recv_packet_with_metadata()
             end = time.time()
+            assert_type(received, tuple[bytes, Address, DatagramMetadata])
+            packet, address, metadata = received
             assert (packet, address) == (b"ping", peer.getsockname())
         check(metadata, (start, end), local)
         assert endpoint.statistics().metadata_truncated == 0
@@ -137,7 +140,9 @@ async def test_client_reports_every_field_and_tos_sets_the_byte(
         start = time.time()
         await server.send_packet(b"back", address)
         with anyio.fail_after(5):
-            packet, reply = await client.recv_packet_with_metadata()
+            answer = await client.recv_packet_with_metadata()
+        assert_type(answer, tuple[bytes, DatagramMetadata])
+        packet, reply = answer
         assert packet == b"back"
         assert reply.local_address == client.local_address
         assert reply.timestamp is not None
