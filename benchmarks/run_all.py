@@ -74,7 +74,7 @@ SUITES = (
         full=("--rounds=5", "--seconds=1"),
         # One short round of the contract's load and of ping-pong, on the main rows.
         quick=("--quick", "--seconds=0.5", "--warmup=0.2", "--loads=64x64,64x1"),
-        budget_full=540,
+        budget_full=720,
         budget_quick=60,
     ),
     Suite(
