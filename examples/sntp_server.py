@@ -46,6 +46,7 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from errno import EACCES
 from typing import Any, Final
 
 import anyio
@@ -215,13 +216,15 @@ def make_server(
 
 
 async def serve(server: DatagramServer[bytes, bytes]) -> None:
-    """Serve until SIGINT or SIGTERM, printing the bound address first."""
+    """Serve until SIGINT or SIGTERM, printing the bound address first.
+
+    Raises:
+        OSError: The address cannot be bound (port 123 needs root, say).
+    """
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with anyio.create_task_group() as tg:
-            addresses = await tg.start(server.serve_forever)
+        async with server.serving(grace_period=1.0) as addresses:
             print("listening on", ", ".join(map(format_address, addresses)), flush=True)
             async for _ in signals:
-                await server.shutdown(grace_period=1.0)
                 break
 
 
@@ -263,8 +266,11 @@ def main(argv: list[str] | None = None) -> None:
     options = {"use_uvloop": True} if args.backend == "uvloop" else {}
     try:
         anyio.run(serve, server, backend=backend, backend_options=options)
-    except PermissionError as exc:
-        parser.exit(1, f"cannot bind port {args.port}: {exc} (port 123 needs root)\n")
+    except OSError as exc:  # the bind failed: say so in one line, not a traceback
+        message = f"{parser.prog}: {exc.strerror or exc}"
+        if exc.errno == EACCES:
+            message += " (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
+        parser.exit(1, message + "\n")
 
 
 if __name__ == "__main__":

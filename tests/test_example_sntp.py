@@ -298,6 +298,18 @@ def test_the_program_answers_and_says_when_the_kernel_got_it(backend: str) -> No
     assert answered[0].endswith(" ms after the kernel received it")
 
 
+@needs_metadata
+def test_the_program_says_in_one_line_that_it_cannot_bind() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        done = run_example(SCRIPT, "--port", str(port))
+    assert done.returncode == 1
+    assert (
+        done.stderr == f"sntp_server.py: could not bind 127.0.0.1:{port}: Address already in use\n"
+    )
+
+
 def test_the_program_refuses_bad_settings() -> None:
     for args, message in [
         (["--stratum", "0"], "--stratum must be from 1 to 15"),
