@@ -117,7 +117,7 @@ def test_receive_takes_what_waits_and_counts_it() -> None:
     sock.incoming.extend([b"one", b"", b"three"])
     tally = Tally()
     batch = _core(sock).receive(MAX_BATCH, tally)
-    assert batch == [(b"one", _PEER, None), (b"", _PEER, None), (b"three", _PEER, None)]
+    assert batch == [(b"one", _PEER, None, None), (b"", _PEER, None, None), (b"three", _PEER, None, None)]
     assert (tally.datagrams_received, tally.bytes_received) == (3, 8)
     assert _core(sock).receive(MAX_BATCH, tally) == []  # EAGAIN: empty, no error
 
@@ -127,15 +127,15 @@ def test_receive_stops_at_max_count() -> None:
     sock.incoming.extend([b"a", b"b", b"c"])
     core = _core(sock)
     tally = Tally()
-    assert [d for d, _, _ in core.receive(2, tally)] == [b"a", b"b"]
-    assert [d for d, _, _ in core.receive(2, tally)] == [b"c"]
+    assert [d for d, _, _, _ in core.receive(2, tally)] == [b"a", b"b"]
+    assert [d for d, _, _, _ in core.receive(2, tally)] == [b"c"]
 
 
 def test_oversize_is_counted_and_skipped_never_cut() -> None:
     sock = ScriptedSocket()
     sock.incoming.extend([b"x" * 11, b"y" * 10])
     tally = Tally()
-    assert _core(sock, limit=10).receive(MAX_BATCH, tally) == [(b"y" * 10, _PEER, None)]
+    assert _core(sock, limit=10).receive(MAX_BATCH, tally) == [(b"y" * 10, _PEER, None, None)]
     assert tally.oversize == 1
     assert tally.datagrams_received == 1
 
@@ -187,7 +187,7 @@ def test_icmp_error_on_a_connected_socket_raises_and_is_counted() -> None:
     with pytest.raises(ConnectionRefusedError):
         core.receive(MAX_BATCH, tally)
     assert tally.icmp_errors == 1
-    assert core.receive(MAX_BATCH, tally) == [(b"after", _PEER, None)]  # still usable
+    assert core.receive(MAX_BATCH, tally) == [(b"after", _PEER, None, None)]  # still usable
 
 
 def test_icmp_error_on_an_unconnected_socket_is_counted_from_the_error_queue() -> None:
@@ -195,7 +195,7 @@ def test_icmp_error_on_an_unconnected_socket_is_counted_from_the_error_queue() -
     sock.incoming.extend([_error(errno.ECONNREFUSED), b"next"])
     sock.errqueue = 2  # the kernel queued the error (and one more) with IP_RECVERR
     tally = Tally()
-    assert _core(sock).receive(MAX_BATCH, tally) == [(b"next", _PEER, None)]
+    assert _core(sock).receive(MAX_BATCH, tally) == [(b"next", _PEER, None, None)]
     assert tally.icmp_errors == (2 if IS_LINUX else 1)  # elsewhere there is no error queue
 
 

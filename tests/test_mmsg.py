@@ -109,7 +109,7 @@ async def _drain(io: SocketIO, expected: int) -> list[tuple[bytes, Any]]:
         while len(got) < expected:
             batch = await io.receive(64)
             assert 0 < len(batch) <= 64
-            for data, address, local in batch:
+            for data, address, local, _ in batch:
                 assert type(data) is bytes
                 assert local is None
                 got.append((data, address))
@@ -187,7 +187,7 @@ async def test_batch_bound_respected(
         peers[0].sendto(bytes([i]), io.local_address)
     with anyio.fail_after(5):
         first = await io.receive(3)
-        assert [data for data, _, _ in first] == [b"\0", b"\1", b"\2"]
+        assert [data for data, _, _, _ in first] == [b"\0", b"\1", b"\2"]
         rest = await _drain(io, 7)
     assert [data for data, _ in rest] == [bytes([i]) for i in range(3, 10)]
     assert io.datagrams_received == 10
@@ -307,7 +307,7 @@ def test_receiver_capacity_and_truncation(
             peers[0].sendto(b"y" * size, sock.getsockname())
         # The limit is one less than the room: 11 bytes fit but count as oversize.
         items, nbytes, oversize = receiver.receive(sock.fileno(), 64)  # clamped to capacity
-        assert [data for data, _, _ in items] == [b"", b"y" * 10]
+        assert [data for data, _, _, _ in items] == [b"", b"y" * 10]
         assert (nbytes, oversize) == (10, 2)
         # The kernel flagged the one it truncated and reported the slot's size for it: what
         # the length test relies on (the 11-byte one fit its slot, but is over the limit).
@@ -315,9 +315,9 @@ def test_receiver_capacity_and_truncation(
         assert [bool(h.msg_flags & socket.MSG_TRUNC) for h in headers] == [False] * 3 + [True]
         assert [receiver._messages[i].msg_len for i in range(4)] == [0, 10, 11, 11]
         items, nbytes, oversize = receiver.receive(sock.fileno(), 64)
-        assert [data for data, _, _ in items] == [b"yyy"]
+        assert [data for data, _, _, _ in items] == [b"yyy"]
         assert (nbytes, oversize) == (3, 1)
-        assert all(local is None for _, _, local in items)
+        assert all(local is None for _, _, local, _ in items)
         assert receiver.receive(sock.fileno(), 0) == ([], 0, 0)
 
 
@@ -334,7 +334,7 @@ def test_address_cache_is_bounded(
             for peer in peers:
                 peer.sendto(b"z", sock.getsockname())
         items, _, _ = receiver.receive(sock.fileno(), 8)
-        assert [address for _, address, _ in items] == [p.getsockname() for p in peers] * 3
+        assert [address for _, address, _, _ in items] == [p.getsockname() for p in peers] * 3
         assert len(receiver._addresses) == 1
 
 
@@ -410,10 +410,10 @@ async def test_server_echo_on_batched_path(
     anyio_backend: Any, monkeypatch: pytest.MonkeyPatch, family_host: tuple[int, str]
 ) -> None:
     # The server picks each socket's strategy through server_strategy: record what it chose.
-    chosen: list[type[object]] = []
+    chosen: list[object] = []
 
-    def pick(sock: socket.socket, *, pktinfo: bool) -> type[object]:
-        strategy = server_strategy(sock, pktinfo=pktinfo)
+    def pick(sock: socket.socket, *, pktinfo: bool, metadata: bool = False) -> object:
+        strategy = server_strategy(sock, pktinfo=pktinfo, metadata=metadata)
         chosen.append(strategy)
         return strategy
 

@@ -146,7 +146,7 @@ def test_unpack_batch_returns_the_cached_address_objects_and_same_errors() -> No
     for unpack in (unpack_batch, speedups.unpack_batch):
         cache: dict[bytes, Any] = {raw: cached}
         batch, _, _ = unpack([3], names, data, offsets, name_offsets, 16, 7, cache, _fail, 8)
-        assert batch == [(b"aba", cached, None)]
+        assert batch == [(b"aba", cached, None, None)]
         assert batch[0][1] is cached
         with pytest.raises(ValueError, match="unexpected socket address") as info:
             unpack(

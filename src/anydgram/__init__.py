@@ -14,10 +14,11 @@ from ._errors import DatagramProtocolParseError as DatagramProtocolParseError
 from ._errors import DatagramTooLargeError as DatagramTooLargeError
 from ._errors import DeserializeError as DeserializeError
 from ._logging import LogBudget as LogBudget
+from ._metadata import DatagramMetadata as DatagramMetadata
 from ._open_endpoint import connect_udp as connect_udp
-from ._open_endpoint import connect_unix_datagram as connect_unix_datagram
 from ._open_endpoint import open_udp_endpoint as open_udp_endpoint
-from ._open_endpoint import open_unix_datagram_endpoint as open_unix_datagram_endpoint
+from ._open_unix import connect_unix_datagram as connect_unix_datagram
+from ._open_unix import open_unix_datagram_endpoint as open_unix_datagram_endpoint
 from ._protocol import MAX_UDP_PAYLOAD as MAX_UDP_PAYLOAD
 from ._protocol import DatagramProtocol as DatagramProtocol
 from ._ratelimit import RateLimit as RateLimit
@@ -35,6 +36,7 @@ __all__ = (
     "Address",
     "DatagramClient",
     "DatagramEndpoint",
+    "DatagramMetadata",
     "DatagramProtocol",
     "DatagramProtocolParseError",
     "DatagramRequest",

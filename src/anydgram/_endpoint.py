@@ -20,12 +20,13 @@ from ._endpoint_base import (
     check_datagram_socket,
     is_connected,
     make_datagrams,
+    socket_io,
     split_addressed,
 )
+from ._metadata import DatagramMetadata
 from ._multicast import set_membership
-from ._protocol import DatagramProtocol, RecvT, SendT, default_protocol
+from ._protocol import DatagramProtocol, RecvT, SendT
 from ._retry_schedule import attempt_timeouts, check_match
-from ._socket_io import SocketIO
 from ._socket_os import BoundPath
 
 __all__ = ("Address", "DatagramClient", "DatagramEndpoint", "IPAddress")
@@ -81,17 +82,11 @@ class DatagramClient(BaseEndpoint[SendT, RecvT]):
         sock: socket.socket,
         protocol: DatagramProtocol[Any, Any] | None,
         unlink_path: BoundPath | None = None,
+        metadata: bool = False,
     ) -> DatagramClient[Any, Any]:
         check_datagram_socket(sock)
         sock.getpeername()  # raises OSError (ENOTCONN) for an unconnected socket
-        proto = default_protocol() if protocol is None else protocol
-        io = SocketIO(
-            sock,
-            max_datagram_size=proto.max_datagram_size,
-            connected=True,
-            unlink_path=unlink_path,
-        )
-        return DatagramClient(io, proto)
+        return DatagramClient(*socket_io(sock, protocol, True, unlink_path, metadata))
 
     @property
     def remote_address(self) -> Address:
@@ -134,6 +129,18 @@ class DatagramClient(BaseEndpoint[SendT, RecvT]):
         if self._requests is not None:  # a request() started while this call waited
             self._taken_while_busy(data, address)
         return self._parse(data, address)
+
+    async def recv_packet_with_metadata(self) -> tuple[RecvT, DatagramMetadata]:
+        """:meth:`recv_packet`, with what the kernel reported about the datagram.
+
+        Errors and cancellation as for :meth:`recv_packet`; a field the platform did not
+        give is ``None``.
+
+        Raises:
+            ValueError: The client was not opened with ``receive_metadata=True``.
+        """
+        data, address, metadata = await self._receive_with_metadata()
+        return self._parse(data, address), metadata
 
     async def send_packets(self, packets: Iterable[SendT]) -> None:
         """Send every packet of ``packets`` to the peer, one datagram each, in order.
@@ -289,18 +296,12 @@ class DatagramEndpoint(BaseEndpoint[SendT, RecvT]):
         sock: socket.socket,
         protocol: DatagramProtocol[Any, Any] | None,
         unlink_path: BoundPath | None = None,
+        metadata: bool = False,
     ) -> DatagramEndpoint[Any, Any]:
         check_datagram_socket(sock)
         if is_connected(sock):
             raise ValueError("the socket is connected: use DatagramClient.from_socket()")
-        proto = default_protocol() if protocol is None else protocol
-        io = SocketIO(
-            sock,
-            max_datagram_size=proto.max_datagram_size,
-            connected=False,
-            unlink_path=unlink_path,
-        )
-        return DatagramEndpoint(io, proto)
+        return DatagramEndpoint(*socket_io(sock, protocol, False, unlink_path, metadata))
 
     async def send_packet(self, packet: SendT, address: Address) -> None:
         """Send ``packet`` as one datagram to ``address``.
@@ -335,6 +336,19 @@ class DatagramEndpoint(BaseEndpoint[SendT, RecvT]):
         if self._requests is not None:  # a request() started while this call waited
             self._taken_while_busy(data, address)
         return self._parse(data, address), address
+
+    async def recv_packet_with_metadata(self) -> tuple[RecvT, Address, DatagramMetadata]:
+        """:meth:`recv_packet`, with what the kernel reported about the datagram.
+
+        ``metadata.local_address`` is the address the datagram was sent to (on a wildcard
+        bind, which of the host's addresses the peer used). Errors and cancellation as for
+        :meth:`recv_packet`; a field the platform did not give is ``None``.
+
+        Raises:
+            ValueError: The endpoint was not opened with ``receive_metadata=True``.
+        """
+        data, address, metadata = await self._receive_with_metadata()
+        return self._parse(data, address), address, metadata
 
     async def send_packets(self, packets: Iterable[tuple[SendT, Address]]) -> None:
         """Send each ``(packet, address)`` of ``packets`` as one datagram, in order.

@@ -20,10 +20,11 @@ from ._batches import family_limit
 from ._client_request import BUSY_ACTION, AsyncRequests, Match
 from ._errors import DatagramProtocolParseError, DatagramTooLargeError
 from ._io_core import Received
-from ._protocol import DatagramProtocol, RecvT, SendT
+from ._metadata import DatagramMetadata, MetadataParser
+from ._protocol import DatagramProtocol, RecvT, SendT, default_protocol
 from ._retry_schedule import AttemptSchedule
 from ._socket_io import SocketIO
-from ._socket_os import normalize_address
+from ._socket_os import BoundPath, normalize_address
 from ._socket_proxy import SocketProxy
 from ._statistics import EndpointStatistics
 from .serializers._raw import BytesSerializer
@@ -37,6 +38,7 @@ __all__ = (
     "is_connected",
     "make_datagrams",
     "parse_batch",
+    "socket_io",
     "split_addressed",
 )
 
@@ -72,6 +74,25 @@ def is_connected(sock: socket.socket) -> bool:
     except OSError:
         return False
     return True
+
+
+def socket_io(
+    sock: socket.socket,
+    protocol: DatagramProtocol[Any, Any] | None,
+    connected: bool,
+    unlink_path: BoundPath | None,
+    metadata: bool,
+) -> tuple[SocketIO, DatagramProtocol[Any, Any]]:
+    """An adopted socket's I/O side and its protocol (raw bytes when omitted)."""
+    proto = default_protocol() if protocol is None else protocol
+    io = SocketIO(
+        sock,
+        max_datagram_size=proto.max_datagram_size,
+        connected=connected,
+        unlink_path=unlink_path,
+        metadata=metadata,
+    )
+    return io, proto
 
 
 def check_max_count(max_count: object) -> int:
@@ -167,10 +188,10 @@ def parse_batch(
         and type(protocol) is DatagramProtocol
         and received_limit <= protocol.max_datagram_size
     ):
-        return [(data, address) for data, address, _ in batch]  # type: ignore[misc]
+        return [(data, address) for data, address, _, _ in batch]  # type: ignore[misc]
     build = protocol.build_packet_from_datagram
     packets: list[tuple[_R, Address]] = []
-    for index, (data, address, _) in enumerate(batch):
+    for index, (data, address, _, _) in enumerate(batch):
         try:
             packet = build(data)
         except DatagramProtocolParseError as exc:
@@ -259,6 +280,7 @@ class BaseEndpoint(TypedAttributeProvider, Generic[SendT, RecvT]):
             unread_at_close=io.unread_at_close,
             recv_buffer_size=recv_buffer_size,
             send_buffer_size=send_buffer_size,
+            metadata_truncated=io.metadata_truncated,
         )
 
     def _parse(self, data: bytes, address: Address) -> RecvT:
@@ -284,6 +306,21 @@ class BaseEndpoint(TypedAttributeProvider, Generic[SendT, RecvT]):
             self._protocol, batch, io.max_datagram_size, io.push_back, self._parse_failed
         )
 
+    def _metadata_parser(self) -> MetadataParser:
+        parser = self._io.core.metadata
+        if parser is None:
+            raise ValueError(f"this {type(self).__name__} was opened without receive_metadata=True")
+        return parser
+
+    async def _receive_with_metadata(self) -> tuple[bytes, Address, DatagramMetadata]:
+        parser = self._metadata_parser()
+        if self._requests is not None:
+            raise anyio.BusyResourceError(BUSY_ACTION)
+        data, address, _, ancillary = (await self._io.receive(1))[0]
+        if self._requests is not None:  # a request() started while this call waited
+            self._taken_while_busy(data, address)
+        return data, address, parser.parse(ancillary)
+
     def _count_unmatched(self, count: int) -> None:
         self._unmatched_replies += count
 
@@ -296,7 +333,7 @@ class BaseEndpoint(TypedAttributeProvider, Generic[SendT, RecvT]):
 
     def _batch_taken_while_busy(self, batch: list[Received]) -> NoReturn:
         assert self._requests is not None
-        for data, address, _ in batch[1:]:
+        for data, address, _, _ in batch[1:]:
             self._requests.deliver_foreign(data, address)
         self._taken_while_busy(batch[0][0], batch[0][1])
 
@@ -337,7 +374,7 @@ class BaseEndpoint(TypedAttributeProvider, Generic[SendT, RecvT]):
             batch = io.receive_nowait(1)
             if batch:
                 woke = False
-                data, address, _ = batch[0]
+                data, address, _, _ = batch[0]
                 if self._requests is not None:  # a request() started while this one waited
                     self._taken_while_busy(data, address)
                 yield data, address

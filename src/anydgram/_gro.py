@@ -8,7 +8,9 @@ were sent. Segments a call has no room for wait in the strategy, in front of the
 receive (counted once).
 
 Once a socket has ``UDP_GRO`` every receive on it must split, so the strategy replaces all of
-the socket's receives (``recv_packet`` included), not only ``recv_packets``.
+the socket's receives (``recv_packet`` included), not only ``recv_packets``. On a socket that
+receives metadata, every datagram cut out of one buffer shares that buffer's control messages
+(the kernel coalesces only datagrams that agree on them).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Final
 import anyio
 
 from ._io_core import MAX_BATCH, Received, SocketCore, Tally
+from ._metadata import CONTROL_SIZE, MSG_CTRUNC
 
 __all__ = ("SOL_UDP", "UDP_GRO", "RecvGro", "enable_gro")
 
@@ -62,10 +65,12 @@ class RecvGro:
     :mod:`ctypes`, whose slots cost a copy more.)
     """
 
-    __slots__ = ("_core", "_rest")
+    __slots__ = ("_control_size", "_core", "_metadata", "_rest")
 
     def __init__(self, core: SocketCore) -> None:
         self._core = core
+        self._metadata = core.metadata is not None
+        self._control_size = CONTROL_SIZE if self._metadata else _CONTROL_SIZE
         #: Datagrams cut out of a buffer that the last call had no room for (counted); every
         #: receive takes them first, so they never wait for the socket to be readable.
         self._rest: list[Received] = []
@@ -83,10 +88,12 @@ class RecvGro:
         self._rest = []
         recvmsg = core.sock.recvmsg
         limit = core.max_datagram_size
+        control_size = self._control_size
+        metadata = self._metadata
         skipped = 0
         while len(batch) < max_count and skipped < MAX_BATCH:
             try:
-                data, ancillary, _, address = recvmsg(_GRO_BUFFER, _CONTROL_SIZE)
+                data, ancillary, flags, address = recvmsg(_GRO_BUFFER, control_size)
             except BlockingIOError:
                 break
             except OSError as exc:
@@ -95,12 +102,15 @@ class RecvGro:
                 continue
             length = len(data)
             size = segment_size(ancillary) if ancillary else 0
+            kept = ancillary if metadata else None
+            if metadata and flags & MSG_CTRUNC:
+                tally.metadata_truncated += 1
             if size <= 0 or size >= length:  # one datagram, not coalesced
                 if length > limit:
                     tally.oversize += 1
                     skipped += 1
                     continue
-                batch.append((data, address, None))
+                batch.append((data, address, None, kept))
                 tally.datagrams_received += 1
                 tally.bytes_received += length
                 continue
@@ -113,12 +123,12 @@ class RecvGro:
                     skipped += 1
                     continue
                 tally.oversize += count - 1
-                batch.append((data[length - last :], address, None))
+                batch.append((data[length - last :], address, None, kept))
                 tally.datagrams_received += 1
                 tally.bytes_received += last
                 continue
             # Every segment but the last is ``size`` long; the last may be shorter.
-            batch += [(data[i : i + size], address, None) for i in range(0, length, size)]
+            batch += [(data[i : i + size], address, None, kept) for i in range(0, length, size)]
             tally.datagrams_received += count
             tally.bytes_received += length
         if len(batch) > max_count:  # a buffer held more than this call takes

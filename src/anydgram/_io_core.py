@@ -19,6 +19,7 @@ from typing import Any, Final, Protocol, overload
 import anyio
 
 from ._errors import DatagramTooLargeError
+from ._metadata import Ancillary, MetadataParser
 from ._socket_os import (
     ICMP_ERRNOS,
     IS_LINUX,
@@ -51,8 +52,9 @@ FAMILY_LIMITS: Final[dict[int, int]] = {socket.AF_INET: 65507, socket.AF_INET6: 
 #: Ancillary data that makes a reply leave from the address a request was sent to (``sendmsg``
 #: control messages), or ``None`` to let the kernel choose.
 ReplySource = list[tuple[int, int, bytes]]
-#: One received datagram: ``(payload, sender, reply source)``.
-Received = tuple[bytes, Any, ReplySource | None]
+#: One received datagram: ``(payload, sender, reply source, control messages)``; the last is
+#: ``None`` unless the socket receives metadata (parsed on demand, see ``_metadata.py``).
+Received = tuple[bytes, Any, ReplySource | None, Ancillary | None]
 
 
 class SocketLike(Protocol):
@@ -101,6 +103,7 @@ class Tally:
         "datagrams_received",
         "datagrams_sent",
         "icmp_errors",
+        "metadata_truncated",
         "oversize",
         "send_errors",
         "unread_at_close",
@@ -115,6 +118,8 @@ class Tally:
         self.send_errors: int = 0
         self.icmp_errors: int = 0
         self.unread_at_close: int = 0
+        #: Datagrams whose control messages did not fit (``MSG_CTRUNC``), delivered anyway.
+        self.metadata_truncated: int = 0
 
     def add(self, other: Tally) -> None:
         """Add ``other``'s counts to these."""
@@ -147,6 +152,7 @@ class SocketCore:
         "family",
         "is_unix",
         "max_datagram_size",
+        "metadata",
         "peer",
         "receive",
         "receive_many",
@@ -163,6 +169,7 @@ class SocketCore:
         connected: bool,
         unlink_path: BoundPath | None = None,
         strategy: Callable[[SocketCore], ReceiveStrategy] | None = None,
+        metadata: bool = False,
     ) -> None:
         sock.setblocking(False)
         self.sock: SocketLike = sock
@@ -176,6 +183,12 @@ class SocketCore:
         self.bufsize: int = min(max_datagram_size, FAMILY_LIMITS.get(sock.family, 1 << 30)) + 1
         self.unlink_path: BoundPath | None = unlink_path
         self.closed: bool = False
+        #: Parses the control messages the receives keep; ``None``: the socket does not ask
+        #: for metadata (``receive_metadata=False``), and no receive keeps any.
+        self.metadata: MetadataParser | None = None
+        if metadata:
+            # (The strategy must be one that keeps control messages: RecvPktinfo, RecvMmsg.)
+            self.metadata = MetadataParser(sock.family, sock.getsockname()[1])
         #: ``receive(max_count, tally) -> list[Received]``, the strategy's, bound once.
         chosen = RecvFrom(self) if strategy is None else strategy(self)
         self.receive: Callable[[int, Tally], list[Received]] = chosen.receive
@@ -424,15 +437,15 @@ class RecvFrom:
         peer = core.peer
 
         def take_connected(bufsize: int) -> Received:
-            return sock.recv(bufsize), peer, None
+            return sock.recv(bufsize), peer, None, None
 
         def take_unix(bufsize: int) -> Received:
             data, address = sock.recvfrom(bufsize)
-            return data, normalize_address(socket.AF_UNIX, address), None
+            return data, normalize_address(socket.AF_UNIX, address), None, None
 
         def take_ip(bufsize: int) -> Received:
             data, address = sock.recvfrom(bufsize)
-            return data, address, None
+            return data, address, None, None
 
         self._take = take_connected if core.connected else take_unix if core.is_unix else take_ip
 

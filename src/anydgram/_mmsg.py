@@ -4,12 +4,14 @@
 batch where the portable path makes one ``recvfrom`` per datagram. What the rest of the library
 sees stays the same: each datagram its own ``bytes``, each sender the tuple :mod:`socket` gives,
 the same counters. It is used only where it can be (Linux, a libc with ``recvmmsg``, an IP
-socket without per-datagram ancillary data); elsewhere :func:`server_strategy` picks the
-portable path, never an error. ``sendmmsg``, GSO and GRO belong here too, as more strategies.
+socket); elsewhere :func:`server_strategy` picks the portable path, never an error. On a
+socket that receives metadata each slot has a control area too, whose bytes each datagram
+keeps (parsed only on demand, ``_metadata.py``).
 """
 
 from __future__ import annotations
 
+import array
 import ctypes
 import ctypes.util
 import errno
@@ -23,7 +25,8 @@ from typing import Any, Final
 import anyio
 
 from ._compiled import speedups
-from ._io_core import MAX_BATCH, Received, RecvFrom, SocketCore, Tally
+from ._io_core import MAX_BATCH, Received, ReceiveStrategy, RecvFrom, SocketCore, Tally
+from ._metadata import CONTROL_SIZE, MSG_CTRUNC
 from ._pktinfo import RecvPktinfo
 
 __all__ = (
@@ -139,15 +142,37 @@ def unpack_batch(
     addresses: dict[bytes, Any],
     decode: Callable[[bytes], Any],
     cache_size: int,
+    controls: memoryview | None = None,
+    control_offsets: list[int] | None = None,
+    control_lengths: list[int] | None = None,
 ) -> tuple[list[Received], int, int]:
     """A ``recvmmsg`` batch as :meth:`MmsgReceiver.receive` returns it (the reference).
 
     Datagram ``i`` is ``lengths[i]`` bytes at ``offsets[i]`` in ``data`` (skipped as oversize
     if over ``limit``), its sender the ``namelen`` bytes at ``name_offsets[i]`` in ``names``,
     decoded by ``decode`` unless ``addresses`` has it (a cache of ``cache_size`` at most,
-    cleared when full). The compiled ``_speedups.unpack_batch`` does the same, object for
-    object.
+    cleared when full). With ``controls``, its control messages are the ``control_lengths[i]``
+    bytes at ``control_offsets[i]`` there (else ``None``). The compiled
+    ``_speedups.unpack_batch`` does the same, object for object.
     """
+    if controls is not None:
+        assert control_offsets is not None
+        assert control_lengths is not None
+        return _unpack_with_controls(
+            lengths,
+            names,
+            data,
+            offsets,
+            name_offsets,
+            namelen,
+            limit,
+            addresses,
+            decode,
+            cache_size,
+            controls,
+            control_offsets,
+            control_lengths,
+        )
     batch: list[Received] = []
     append = batch.append
     oversize = skipped_bytes = 0
@@ -167,11 +192,49 @@ def unpack_batch(
             if len(addresses) >= cache_size:
                 addresses.clear()
             addresses[key] = address
-        append((data[offset : offset + length].tobytes(), address, None))
+        append((data[offset : offset + length].tobytes(), address, None, None))
+    return batch, sum(lengths) - skipped_bytes, oversize
+
+
+def _unpack_with_controls(
+    lengths: list[int],
+    names: bytes,
+    data: memoryview,
+    offsets: list[int],
+    name_offsets: list[int],
+    namelen: int,
+    limit: int,
+    addresses: dict[bytes, Any],
+    decode: Callable[[bytes], Any],
+    cache_size: int,
+    controls: memoryview,
+    control_offsets: list[int],
+    control_lengths: list[int],
+) -> tuple[list[Received], int, int]:
+    """:func:`unpack_batch` for slots with control areas: each datagram keeps its own."""
+    batch: list[Received] = []
+    oversize = skipped_bytes = 0
+    for length, offset, name_offset, control_offset, control_length in zip(
+        lengths, offsets, name_offsets, control_offsets, control_lengths, strict=False
+    ):
+        if length > limit:
+            oversize += 1
+            skipped_bytes += length
+            continue
+        key = names[name_offset : name_offset + namelen]
+        address = addresses.get(key)
+        if address is None:
+            address = decode(key)
+            if len(addresses) >= cache_size:
+                addresses.clear()
+            addresses[key] = address
+        control = controls[control_offset : control_offset + control_length].tobytes()
+        batch.append((data[offset : offset + length].tobytes(), address, None, control))
     return batch, sum(lengths) - skipped_bytes, oversize
 
 
 _unpack: Final = unpack_batch if speedups is None else speedups.unpack_batch
+_CTRUNC_BIT: Final = MSG_CTRUNC.__and__
 
 
 class MmsgReceiver:
@@ -188,6 +251,8 @@ class MmsgReceiver:
             is detected too).
         family: The socket's family, ``AF_INET`` or ``AF_INET6`` (a receiver serves one
             socket).
+        control_size: The control area per datagram (0: none); each datagram received then
+            keeps its control messages' bytes, and :attr:`truncated` counts those cut short.
 
     Raises:
         ValueError: Another family, or a capacity or size below 1.
@@ -199,7 +264,14 @@ class MmsgReceiver:
         "_buffer_map",
         "_bufsize",
         "_capacity",
+        "_control_lengths",
+        "_control_offsets",
+        "_control_reset",
+        "_control_size",
+        "_controls",
+        "_controls_view",
         "_data_view",
+        "_flags_view",
         "_iovecs",
         "_lengths_view",
         "_messages",
@@ -209,9 +281,10 @@ class MmsgReceiver:
         "_names",
         "_names_view",
         "_offsets",
+        "truncated",
     )
 
-    def __init__(self, capacity: int, bufsize: int, family: int) -> None:
+    def __init__(self, capacity: int, bufsize: int, family: int, control_size: int = 0) -> None:
         if family == socket.AF_INET:
             self._namelen = SOCKADDR_IN_SIZE
         elif family == socket.AF_INET6:
@@ -254,6 +327,25 @@ class MmsgReceiver:
         self._addresses: dict[bytes, Any] = {}
         self._offsets = list(range(0, capacity * bufsize, bufsize))
         self._name_offsets = list(range(0, capacity * _SOCKADDR_SIZE, _SOCKADDR_SIZE))
+        #: Datagrams of the last call whose control messages were cut short (``MSG_CTRUNC``).
+        self.truncated = 0
+        self._control_size = control_size
+        self._controls = (ctypes.c_char * (capacity * control_size))()
+        self._controls_view = memoryview(self._controls).cast("B")
+        self._control_offsets = list(range(0, capacity * control_size, control_size or 1))
+        if control_size:
+            controls = ctypes.addressof(self._controls)
+            for i in range(capacity):
+                self._messages[i].msg_hdr.msg_control = controls + i * control_size
+        # The kernel writes each slot's msg_controllen (what it used) and msg_flags: strided
+        # views, so a call's lengths are reset and read back in one C-level operation each.
+        # (size_t is an unsigned long on Linux, whose ABIs are LP64 and ILP32.)
+        as_sizes = memoryview(self._messages).cast("B").cast("L")
+        size_words = ctypes.sizeof(MMsgHdr) // ctypes.sizeof(ctypes.c_size_t)
+        offset = _MsgHdr.msg_controllen.offset // ctypes.sizeof(ctypes.c_size_t)
+        self._control_lengths = as_sizes[offset::size_words]
+        self._control_reset = memoryview(array.array("L", [control_size] * capacity))
+        self._flags_view = as_words[_MsgHdr.msg_flags.offset // 4 :: words]
 
     @property
     def capacity(self) -> int:
@@ -264,11 +356,12 @@ class MmsgReceiver:
         """Take up to ``max_count`` waiting datagrams from ``fd`` without blocking.
 
         Returns:
-            ``(datagram, sender, None)`` triples, as a server transport hands them on (the
-            ``None``: no per-datagram reply source), for the datagrams that fit; their total
-            payload bytes; and how many datagrams were longer than the room per datagram
-            (skipped; their payload is not copied). Empty and zeros when nothing waits
-            (``EAGAIN``).
+            ``(datagram, sender, None, control)`` items, as a server transport hands them on
+            (the ``None``: no per-datagram reply source; ``control``: the datagram's control
+            messages' bytes, ``None`` without a control area), for the datagrams that fit;
+            their total payload bytes; and how many datagrams were longer than the room per
+            datagram (skipped; their payload is not copied). Empty and zeros when nothing
+            waits (``EAGAIN``).
 
         Raises:
             OSError: What the kernel reports (the subclass for its ``errno``, e.g.
@@ -277,6 +370,9 @@ class MmsgReceiver:
         count = max_count if max_count < self._capacity else self._capacity
         if count <= 0:
             return [], 0, 0
+        if self._control_size:
+            self.truncated = 0
+            self._control_lengths[:count] = self._control_reset[:count]
         received: int = _RECVMMSG(fd, self._messages_pointer, count, _MSG_DONTWAIT, None)
         if received <= 0:
             if received == 0:
@@ -292,6 +388,24 @@ class MmsgReceiver:
         # any address, and after the first call exactly that size, so the length need not be
         # read back or reset.
         names = self._names_view[: received * _SOCKADDR_SIZE].tobytes()
+        if self._control_size:
+            flags: list[int] = self._flags_view[:received].tolist()
+            self.truncated = sum(map(_CTRUNC_BIT, flags)) // MSG_CTRUNC
+            return _unpack(
+                lengths,
+                names,
+                self._data_view,
+                self._offsets,
+                self._name_offsets,
+                self._namelen,
+                self._bufsize - 1,
+                self._addresses,
+                decode_sockaddr_untrusted,
+                _ADDRESS_CACHE_SIZE,
+                self._controls_view,
+                self._control_offsets,
+                self._control_lengths[:received].tolist(),
+            )
         return _unpack(
             lengths,
             names,
@@ -315,7 +429,8 @@ class RecvMmsg:
         if core.family not in (socket.AF_INET, socket.AF_INET6):
             raise ValueError(f"recvmmsg is used for IP sockets only, not {core.family!r}")
         self._core = core
-        self._receiver = MmsgReceiver(capacity, core.bufsize, core.family)
+        control_size = 0 if core.metadata is None else CONTROL_SIZE
+        self._receiver = MmsgReceiver(capacity, core.bufsize, core.family, control_size)
 
     def receive(self, max_count: int, tally: Tally) -> list[Received]:
         """Take up to ``max_count`` waiting datagrams without blocking (possibly none)."""
@@ -337,6 +452,8 @@ class RecvMmsg:
             if oversize:
                 tally.oversize += oversize
                 skipped += oversize
+            if self._receiver.truncated:
+                tally.metadata_truncated += self._receiver.truncated
             if batch:
                 tally.datagrams_received += len(batch)
                 tally.bytes_received += nbytes
@@ -351,8 +468,8 @@ def enabled_by_environment() -> bool:
 
 
 def server_strategy(
-    sock: socket.socket, *, pktinfo: bool, batched: bool | None = None
-) -> type[RecvFrom] | type[RecvPktinfo] | type[RecvMmsg]:
+    sock: socket.socket, *, pktinfo: bool, batched: bool | None = None, metadata: bool = False
+) -> Callable[[SocketCore], ReceiveStrategy]:
     """The receive strategy for a server socket: batched system calls where they apply.
 
     Args:
@@ -361,6 +478,7 @@ def server_strategy(
             sockets receive with ``recvmsg``.
         batched: ``False`` for the portable path; ``True`` for the batched one wherever it
             applies; ``None`` (automatic) as ``True`` unless ``ANYDGRAM_BATCHED_SYSCALLS=0``.
+        metadata: Whether it receives metadata: the portable path is then ``recvmsg``.
     """
     if pktinfo:
         return RecvPktinfo
@@ -373,4 +491,4 @@ def server_strategy(
         and sock.type == socket.SOCK_DGRAM
     ):
         return RecvMmsg
-    return RecvFrom
+    return RecvPktinfo.without_reply_sources if metadata else RecvFrom

@@ -20,7 +20,15 @@ class ServerNetwork(Protocol):
     """A network a server can bind on instead of the host's sockets."""
 
     def open_server_transports(
-        self, hosts: Sequence[str] | None, port: int, max_datagram_size: int
+        self,
+        hosts: Sequence[str] | None,
+        port: int,
+        max_datagram_size: int,
+        *,
+        receive_metadata: bool = False,
     ) -> Sequence[SocketIO]:
-        """Bind one transport per host (every wildcard for ``None``), all on one port."""
+        """Bind one transport per host (every wildcard for ``None``), all on one port.
+
+        With ``receive_metadata`` each transport keeps the metadata its network can give.
+        """
         ...

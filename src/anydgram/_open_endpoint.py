@@ -1,36 +1,31 @@
-"""Opening endpoints: name resolution, socket creation and options, then adoption.
+"""Opening UDP endpoints: name resolution, socket creation and options, then adoption.
 
-``connect_udp`` and friends build a stdlib socket, set it up and hand it to
-``DatagramClient``/``DatagramEndpoint``; nothing here is on the per-datagram path.
+``connect_udp`` and ``open_udp_endpoint`` build a stdlib socket, set it up and hand it to
+``DatagramClient``/``DatagramEndpoint``; nothing here is on the per-datagram path. The Unix
+datagram twins are in ``_open_unix.py``.
 """
 
 from __future__ import annotations
 
-import os
 import socket
-import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, overload
 
 import anyio
-from anyio.lowlevel import checkpoint
 
 from ._address import format_address
 from ._endpoint import DatagramClient, DatagramEndpoint
+from ._metadata import check_tos, enable_metadata, set_tos
 from ._protocol import DatagramProtocol, RecvT, SendT
-from ._socket_os import BoundPath, set_recverr
+from ._socket_os import set_recverr
 
 if TYPE_CHECKING:
     from .testing import MemoryNetwork
 
 __all__ = (
     "connect_udp",
-    "connect_unix_datagram",
     "open_udp_endpoint",
-    "open_unix_datagram_endpoint",
 )
-
-StrPath = str | os.PathLike[str]
 
 
 def check_port(port: object) -> int:
@@ -68,6 +63,14 @@ def apply_buffer_sizes(
         sock.setsockopt(socket.SOL_SOCKET, option, size)
 
 
+def set_metadata_options(sock: socket.socket, receive_metadata: bool, tos: int | None) -> None:
+    """``receive_metadata=`` and ``tos=`` on a new UDP socket (``ValueError`` if not IP)."""
+    if receive_metadata:
+        enable_metadata(sock)
+    if tos is not None:
+        set_tos(sock, tos)
+
+
 def _all_failed(what: str, attempts: list[tuple[Any, OSError]]) -> OSError:
     detail = "; ".join(f"{format_address(addr)}: {exc}" for addr, exc in attempts)
     error = OSError(f"{what} ({detail})")
@@ -86,6 +89,8 @@ async def connect_udp(
     recv_buffer_size: int | None = None,
     send_buffer_size: int | None = None,
     network: MemoryNetwork | None = None,
+    receive_metadata: bool = False,
+    tos: int | None = None,
 ) -> DatagramClient[bytes, bytes]: ...
 @overload
 async def connect_udp(
@@ -98,6 +103,8 @@ async def connect_udp(
     recv_buffer_size: int | None = None,
     send_buffer_size: int | None = None,
     network: MemoryNetwork | None = None,
+    receive_metadata: bool = False,
+    tos: int | None = None,
 ) -> DatagramClient[SendT, RecvT]: ...
 async def connect_udp(
     host: str,
@@ -109,6 +116,8 @@ async def connect_udp(
     recv_buffer_size: int | None = None,
     send_buffer_size: int | None = None,
     network: MemoryNetwork | None = None,
+    receive_metadata: bool = False,
+    tos: int | None = None,
 ) -> DatagramClient[Any, Any]:
     """Open a UDP socket connected to ``host``:``port``.
 
@@ -126,22 +135,30 @@ async def connect_udp(
         network: An :class:`anydgram.testing.MemoryNetwork` to open the client on instead
             of a socket (:meth:`~anydgram.testing.MemoryNetwork.connect_udp`): ``host`` must
             then be an IP address literal, ``local_address`` is refused and the buffer sizes
-            do not apply. ``None``: a real socket.
+            and ``tos`` do not apply. ``None``: a real socket.
+        receive_metadata: Ask the kernel for each datagram's metadata (receive timestamp, TTL,
+            TOS/ECN, destination address), for
+            :meth:`~DatagramClient.recv_packet_with_metadata`.
+        tos: The TOS (IPv4) or traffic class (IPv6) byte of every datagram sent, DSCP and ECN
+            bits together (``IP_TOS``/``IPV6_TCLASS``); ``None``: the system's.
 
     Raises:
-        TypeError: ``host`` or ``port`` has the wrong type.
-        ValueError: ``port`` is out of range (or, with ``network``, ``host`` is not an IP
-            address literal or ``local_address`` was given).
+        TypeError: ``host``, ``port`` or ``tos`` has the wrong type.
+        ValueError: ``port`` or ``tos`` is out of range (or, with ``network``, ``host`` is not
+            an IP address literal or ``local_address`` was given).
         OSError: The name does not resolve (:exc:`socket.gaierror`), or no address could be
             connected; the message names each address tried and ``__cause__`` is an
             :exc:`ExceptionGroup` of the individual errors.
     """
     check_host(host)
     check_port(port)
+    check_tos(tos)
     if network is not None:
         if local_address is not None:
             raise ValueError("local_address is not supported on a MemoryNetwork")
-        return await network.connect_udp(host, port, protocol=protocol)
+        return await network.connect_udp(
+            host, port, protocol=protocol, receive_metadata=receive_metadata
+        )
     infos = await anyio.getaddrinfo(host, port, family=family, type=socket.SOCK_DGRAM)
     sock = connect_first(
         infos,
@@ -149,8 +166,10 @@ async def connect_udp(
         local_address=local_address,
         recv_buffer_size=recv_buffer_size,
         send_buffer_size=send_buffer_size,
+        receive_metadata=receive_metadata,
+        tos=tos,
     )
-    return DatagramClient._adopt(sock, protocol)
+    return DatagramClient._adopt(sock, protocol, metadata=receive_metadata)
 
 
 def connect_first(
@@ -160,6 +179,8 @@ def connect_first(
     local_address: tuple[str, int] | None,
     recv_buffer_size: int | None,
     send_buffer_size: int | None,
+    receive_metadata: bool = False,
+    tos: int | None = None,
 ) -> socket.socket:
     """A UDP socket connected to the first ``getaddrinfo`` result that takes one.
 
@@ -178,6 +199,7 @@ def connect_first(
             continue
         try:
             apply_buffer_sizes(sock, recv_buffer_size, send_buffer_size)
+            set_metadata_options(sock, receive_metadata, tos)
             if local_address is not None:
                 sock.bind(local_address)
             sock.connect(sockaddr)
@@ -212,6 +234,8 @@ async def open_udp_endpoint(
     recv_buffer_size: int | None = None,
     send_buffer_size: int | None = None,
     network: MemoryNetwork | None = None,
+    receive_metadata: bool = False,
+    tos: int | None = None,
 ) -> DatagramEndpoint[bytes, bytes]: ...
 @overload
 async def open_udp_endpoint(
@@ -225,6 +249,8 @@ async def open_udp_endpoint(
     recv_buffer_size: int | None = None,
     send_buffer_size: int | None = None,
     network: MemoryNetwork | None = None,
+    receive_metadata: bool = False,
+    tos: int | None = None,
 ) -> DatagramEndpoint[SendT, RecvT]: ...
 async def open_udp_endpoint(
     host: str | None = None,
@@ -237,6 +263,8 @@ async def open_udp_endpoint(
     recv_buffer_size: int | None = None,
     send_buffer_size: int | None = None,
     network: MemoryNetwork | None = None,
+    receive_metadata: bool = False,
+    tos: int | None = None,
 ) -> DatagramEndpoint[Any, Any]:
     """Open a UDP socket bound to ``host``:``port`` that can talk to any peer.
 
@@ -253,8 +281,13 @@ async def open_udp_endpoint(
         send_buffer_size: ``SO_SNDBUF`` to request, in bytes.
         network: An :class:`anydgram.testing.MemoryNetwork` to bind on instead of a socket
             (:meth:`~anydgram.testing.MemoryNetwork.open_udp_endpoint`): ``host`` must then
-            be an IP address literal or ``None``; ``reuse_port``, ``broadcast`` and the
-            buffer sizes do not apply. ``None``: a real socket.
+            be an IP address literal or ``None``; ``reuse_port``, ``broadcast``, the
+            buffer sizes and ``tos`` do not apply. ``None``: a real socket.
+        receive_metadata: Ask the kernel for each datagram's metadata (receive timestamp, TTL,
+            TOS/ECN, destination address: which of the host's addresses a peer used, on a
+            wildcard bind), for :meth:`~DatagramEndpoint.recv_packet_with_metadata`.
+        tos: The TOS (IPv4) or traffic class (IPv6) byte of every datagram sent, DSCP and ECN
+            bits together (``IP_TOS``/``IPV6_TCLASS``); ``None``: the system's.
 
     Raises:
         TypeError: An argument has the wrong type.
@@ -264,8 +297,11 @@ async def open_udp_endpoint(
             ``__cause__`` as for :func:`connect_udp`).
     """
     host, family = check_bind_arguments(host, port, family, reuse_port=reuse_port)
+    check_tos(tos)
     if network is not None:
-        return await network.open_udp_endpoint(host, port, protocol=protocol)
+        return await network.open_udp_endpoint(
+            host, port, protocol=protocol, receive_metadata=receive_metadata
+        )
     infos = await anyio.getaddrinfo(
         host, port, family=family, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE
     )
@@ -276,8 +312,10 @@ async def open_udp_endpoint(
         broadcast=broadcast,
         recv_buffer_size=recv_buffer_size,
         send_buffer_size=send_buffer_size,
+        receive_metadata=receive_metadata,
+        tos=tos,
     )
-    return DatagramEndpoint._adopt(sock, protocol)
+    return DatagramEndpoint._adopt(sock, protocol, metadata=receive_metadata)
 
 
 def check_bind_arguments(
@@ -310,6 +348,8 @@ def bind_first(
     broadcast: bool,
     recv_buffer_size: int | None,
     send_buffer_size: int | None,
+    receive_metadata: bool = False,
+    tos: int | None = None,
 ) -> socket.socket:
     """A UDP socket bound to the first ``getaddrinfo`` result that takes one.
 
@@ -333,6 +373,7 @@ def bind_first(
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if broadcast:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            set_metadata_options(sock, receive_metadata, tos)
             sock.bind(sockaddr)
             set_recverr(sock)
         except OSError as exc:
@@ -344,144 +385,3 @@ def bind_first(
             raise
         return sock
     raise _all_failed(what, failures)
-
-
-def _unix_path(path: object, name: str) -> str:
-    if not isinstance(path, str | os.PathLike):
-        raise TypeError(f"{name} must be a str or os.PathLike, not {type(path).__name__}")
-    result: str | bytes = os.fspath(path)  # pyright: ignore[reportUnknownArgumentType]
-    if not isinstance(result, str):
-        raise TypeError(f"{name} must be a str path, not {type(result).__name__}")
-    if not result:
-        raise ValueError(f"{name} must not be empty")
-    return result
-
-
-def _unix_socket() -> socket.socket:
-    if not hasattr(socket, "AF_UNIX"):  # pragma: no cover - Windows
-        raise OSError("Unix datagram sockets are not supported on this platform")
-    return socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-
-
-@overload
-async def connect_unix_datagram(
-    path: StrPath,
-    *,
-    protocol: None = None,
-    local_path: StrPath | None = None,
-    recv_buffer_size: int | None = None,
-    send_buffer_size: int | None = None,
-) -> DatagramClient[bytes, bytes]: ...
-@overload
-async def connect_unix_datagram(
-    path: StrPath,
-    *,
-    protocol: DatagramProtocol[SendT, RecvT],
-    local_path: StrPath | None = None,
-    recv_buffer_size: int | None = None,
-    send_buffer_size: int | None = None,
-) -> DatagramClient[SendT, RecvT]: ...
-async def connect_unix_datagram(
-    path: StrPath,
-    *,
-    protocol: DatagramProtocol[Any, Any] | None = None,
-    local_path: StrPath | None = None,
-    recv_buffer_size: int | None = None,
-    send_buffer_size: int | None = None,
-) -> DatagramClient[Any, Any]:
-    r"""Open a Unix datagram socket connected to the socket at ``path``.
-
-    A peer can only answer a Unix datagram socket that has an address, so when ``local_path``
-    is omitted the socket is bound to a kernel-chosen abstract name (Linux); elsewhere it stays
-    unbound and can only send.
-
-    Args:
-        path: The peer's path; a Linux abstract name starts with ``"\\0"``.
-        protocol: Packets to datagrams and back; raw :class:`bytes` when omitted.
-        local_path: The path to bind first. The socket file is removed again when the client
-            closes, but only while it is still the file this call bound; a bind that fails
-            never removes the path.
-        recv_buffer_size: ``SO_RCVBUF`` to request, in bytes.
-        send_buffer_size: ``SO_SNDBUF`` to request, in bytes (this bounds the largest
-            datagram a Unix socket can send).
-
-    Raises:
-        TypeError: A path has the wrong type.
-        OSError: The path cannot be bound or connected (no such socket, permission denied...).
-    """
-    target = _unix_path(path, "path")
-    local = None if local_path is None else _unix_path(local_path, "local_path")
-    await checkpoint()
-    sock = _unix_socket()
-    bound: BoundPath | None = None
-    try:
-        apply_buffer_sizes(sock, recv_buffer_size, send_buffer_size)
-        if local is not None:
-            sock.bind(local)
-            bound = BoundPath.after_bind(local)
-        elif sys.platform.startswith("linux"):
-            sock.bind("")  # autobind: a unique abstract name the peer can reply to
-        sock.connect(target)
-        return DatagramClient._adopt(sock, protocol, unlink_path=bound)
-    except BaseException:
-        sock.close()
-        # Only a file this call created is removed: a failed bind leaves the path alone.
-        if bound is not None:
-            bound.remove()
-        raise
-
-
-@overload
-async def open_unix_datagram_endpoint(
-    path: StrPath,
-    *,
-    protocol: None = None,
-    recv_buffer_size: int | None = None,
-    send_buffer_size: int | None = None,
-) -> DatagramEndpoint[bytes, bytes]: ...
-@overload
-async def open_unix_datagram_endpoint(
-    path: StrPath,
-    *,
-    protocol: DatagramProtocol[SendT, RecvT],
-    recv_buffer_size: int | None = None,
-    send_buffer_size: int | None = None,
-) -> DatagramEndpoint[SendT, RecvT]: ...
-async def open_unix_datagram_endpoint(
-    path: StrPath,
-    *,
-    protocol: DatagramProtocol[Any, Any] | None = None,
-    recv_buffer_size: int | None = None,
-    send_buffer_size: int | None = None,
-) -> DatagramEndpoint[Any, Any]:
-    r"""Open a Unix datagram socket bound to ``path`` that can talk to any peer.
-
-    The socket file is removed when the endpoint closes, but only while it is still the file
-    this call bound (same device and inode): a path removed and bound again by someone else is
-    left alone. A bind that fails never removes the path. Abstract names need no removal.
-
-    Args:
-        path: The path to bind; a Linux abstract name starts with ``"\\0"``.
-        protocol: Packets to datagrams and back; raw :class:`bytes` when omitted.
-        recv_buffer_size: ``SO_RCVBUF`` to request, in bytes.
-        send_buffer_size: ``SO_SNDBUF`` to request, in bytes.
-
-    Raises:
-        TypeError: ``path`` has the wrong type.
-        OSError: The path cannot be bound (already in use, permission denied...).
-    """
-    local = _unix_path(path, "path")
-    await checkpoint()
-    sock = _unix_socket()
-    bound: BoundPath | None = None
-    try:
-        apply_buffer_sizes(sock, recv_buffer_size, send_buffer_size)
-        sock.bind(local)
-        bound = BoundPath.after_bind(local)
-        return DatagramEndpoint._adopt(sock, protocol, unlink_path=bound)
-    except BaseException:
-        sock.close()
-        # Only a file this call created is removed: a failed bind leaves the path alone.
-        if bound is not None:
-            bound.remove()
-        raise

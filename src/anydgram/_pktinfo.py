@@ -5,15 +5,21 @@ pick the source address by its routing table, and a client that sent to another 
 addresses (a second interface, an alias such as 127.0.0.2) would drop the reply as coming from
 a stranger. So such sockets receive with ``recvmsg`` and ``IP_PKTINFO``/``IPV6_PKTINFO``, and
 each datagram carries the control message that makes its reply leave from its destination.
+
+The same ``recvmsg`` serves sockets that receive metadata (``receive_metadata=True``): each
+datagram then keeps its control messages too, parsed only when someone asks
+(``_metadata.py``), and a control area the kernel had to cut short (``MSG_CTRUNC``) is counted.
 """
 
 from __future__ import annotations
 
 import socket
 import sys
+from collections.abc import Callable
 from typing import Final
 
 from ._io_core import Received, ReplySource, SocketCore, Tally, receive_batch
+from ._metadata import CONTROL_SIZE, MSG_CTRUNC
 
 __all__ = ("IPV6_PKTINFO", "IPV6_RECVPKTINFO", "IP_PKTINFO", "RecvPktinfo", "enable_pktinfo")
 
@@ -45,27 +51,58 @@ def enable_pktinfo(sock: socket.socket) -> bool:
 
 
 class RecvPktinfo:
-    """The wildcard receive: ``recvmsg`` with the destination address of every datagram."""
+    """The wildcard receive: ``recvmsg`` with the destination address of every datagram.
 
-    __slots__ = ("_cache", "_core")
+    On a socket that receives metadata it keeps each datagram's control messages too; with
+    ``reply_sources=False`` (a client, a bound endpoint) it computes no reply source.
+    """
 
-    def __init__(self, core: SocketCore) -> None:
+    __slots__ = ("_cache", "_control_size", "_core", "_reply_sources")
+
+    def __init__(self, core: SocketCore, *, reply_sources: bool = True) -> None:
         self._core = core
         self._cache: dict[bytes, ReplySource] = {}
+        self._reply_sources = reply_sources
+        #: The control area per receive: the destination address alone, or all the metadata.
+        self._control_size = _ANCILLARY_SIZE if core.metadata is None else CONTROL_SIZE
+
+    @classmethod
+    def without_reply_sources(cls, core: SocketCore) -> RecvPktinfo:
+        """The metadata receive of a socket that does not reply from the destination."""
+        return cls(core, reply_sources=False)
 
     def receive(self, max_count: int, tally: Tally) -> list[Received]:
         """Take up to ``max_count`` waiting datagrams without blocking (possibly none)."""
-        return receive_batch(self._core, self._take, max_count, tally)
+        if self._core.metadata is None:
+            return receive_batch(self._core, self._take, max_count, tally)
+        return receive_batch(self._core, self._counting(tally), max_count, tally)
 
     def _take(self, bufsize: int) -> Received:
         data, ancdata, _flags, address = self._core.sock.recvmsg(bufsize, _ANCILLARY_SIZE)
+        return data, address, self._source(ancdata), None
+
+    def _counting(self, tally: Tally) -> Callable[[int], Received]:
+        """A take that keeps the control messages, counting truncated ones in ``tally``."""
+        recvmsg = self._core.sock.recvmsg
+        size = self._control_size
+        sources = self._reply_sources
+
+        def take(bufsize: int) -> Received:
+            data, ancdata, flags, address = recvmsg(bufsize, size)
+            if flags & MSG_CTRUNC:
+                tally.metadata_truncated += 1
+            return data, address, self._source(ancdata) if sources else None, ancdata
+
+        return take
+
+    def _source(self, ancdata: list[tuple[int, int, bytes]]) -> ReplySource | None:
         source = None
         for level, kind, cdata in ancdata:
             if (level == socket.IPPROTO_IP and kind == IP_PKTINFO) or (
                 level == socket.IPPROTO_IPV6 and kind == IPV6_PKTINFO
             ):
                 source = self._reply_source(level, cdata)
-        return data, address, source
+        return source
 
     def _reply_source(self, level: int, cdata: bytes) -> ReplySource | None:
         """The control message that makes a reply leave from where ``cdata`` says we received."""

@@ -25,12 +25,12 @@ from ._logging import LogBudget, RateLimitedLog
 from ._network import ServerNetwork
 from ._open_endpoint import check_port
 from ._protocol import DatagramProtocol, RecvT, SendT, default_protocol
-from ._ratelimit import RateLimit, source_key
+from ._ratelimit import RateLimit
 from ._server_args import check_grace_period, check_server_arguments, make_limiters
 from ._server_intake import Intake
 from ._server_life import Lifecycle
 from ._server_request import DatagramRequest, Replies
-from ._server_security import datagram_room, make_security, seal_for_send
+from ._server_security import datagram_room, make_security
 from ._server_sockets import check_hosts
 from ._socket_proxy import SocketProxy
 from ._statistics import ServerStatistics
@@ -116,6 +116,9 @@ class DatagramServer(Generic[SendT, RecvT]):
         dtls: Serve DTLS (extra ``dtls``): an ``OpenSSL.SSL.Context`` for DTLS or an
             :class:`anydgram.dtls.DTLSServerConfig`; handlers see decrypted packets and
             :meth:`~DatagramRequest.respond` encrypts. ``None``: plain UDP.
+        receive_metadata: Ask for each datagram's metadata (timestamp, TTL, TOS, destination):
+            :attr:`DatagramRequest.metadata`, parsed only when a handler reads it.
+        tos: The TOS/traffic class byte of every datagram sent (``IP_TOS``/``IPV6_TCLASS``).
 
     Raises:
         TypeError: An argument has the wrong type; ``handler`` or ``parse_error_handler`` is
@@ -142,6 +145,8 @@ class DatagramServer(Generic[SendT, RecvT]):
         parse_error_handler: ParseErrorHandler[bytes] | None = None,
         network: object = None,
         dtls: SSL.Context | DTLSServerConfig | None = None,
+        receive_metadata: bool = False,
+        tos: int | None = None,
     ) -> None: ...
     @overload
     def __init__(
@@ -161,6 +166,8 @@ class DatagramServer(Generic[SendT, RecvT]):
         parse_error_handler: ParseErrorHandler[SendT] | None = None,
         network: object = None,
         dtls: SSL.Context | DTLSServerConfig | None = None,
+        receive_metadata: bool = False,
+        tos: int | None = None,
     ) -> None: ...
     def __init__(
         self,
@@ -179,6 +186,8 @@ class DatagramServer(Generic[SendT, RecvT]):
         parse_error_handler: ParseErrorHandler[Any] | None = None,
         network: object = None,
         dtls: SSL.Context | DTLSServerConfig | None = None,
+        receive_metadata: bool = False,
+        tos: int | None = None,
     ) -> None:
         check_server_arguments(
             handler,
@@ -233,6 +242,8 @@ class DatagramServer(Generic[SendT, RecvT]):
             log=self._log,
             statistics=self.statistics,
             security=self._security,
+            receive_metadata=bool(receive_metadata),
+            tos=tos,
         )
 
     def __repr__(self) -> str:
@@ -356,15 +367,7 @@ class DatagramServer(Generic[SendT, RecvT]):
             anyio.ClosedResourceError: The server is not serving.
             OSError: The kernel refused the send (counted in the statistics as well).
         """
-        data = self._make_datagram(packet)
-        if self._life.state not in ("serving", "stopping"):
-            raise anyio.ClosedResourceError
-        transport = self._life.transport_for(address)
-        data = seal_for_send(self._security, address, data)
-        amplification = self._amplification
-        if amplification is not None and not amplification.may_send(source_key(address), len(data)):
-            return
-        await transport.send(data, address)
+        await self._life.send_packet(self._make_datagram(packet), address)
 
     # -- stopping ------------------------------------------------------------------------------
 

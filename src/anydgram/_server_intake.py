@@ -75,12 +75,14 @@ class Intake:
         if self._raw_limit >= 0:
             # The raw-bytes protocol's parse is the identity (the transport has already set
             # oversize datagrams aside): skip two calls per datagram.
-            for data, address, local in batch:
-                pending.append(request_class(data, address, server, transport, local, replies))
+            for data, address, local, ancillary in batch:
+                pending.append(
+                    request_class(data, address, server, transport, local, replies, ancillary)
+                )
             return
         parse = self._parse
         hook = self._hook
-        for data, address, local in batch:
+        for data, address, local, ancillary in batch:
             try:
                 packet = parse(data)
             except DatagramProtocolParseError as exc:
@@ -97,10 +99,14 @@ class Intake:
                 )
                 if hook:
                     pending.append(
-                        ParseErrorRequest(exc, address, server, transport, local, replies)
+                        ParseErrorRequest(
+                            exc, address, server, transport, local, replies, ancillary
+                        )
                     )
                 continue
-            pending.append(request_class(packet, address, server, transport, local, replies))
+            pending.append(
+                request_class(packet, address, server, transport, local, replies, ancillary)
+            )
 
     def _screen(self, batch: list[Received]) -> list[Received]:
         """Apply the per-source limits to a batch; return the datagrams left to handle.
@@ -112,7 +118,7 @@ class Intake:
         amplification = self._amplification
         if limiter is None:
             assert amplification is not None
-            for data, address, _ in batch:
+            for data, address, _, _ in batch:
                 amplification.received(source_key(address), len(data))
             return batch
         kept: list[Received] = []

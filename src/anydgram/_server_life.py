@@ -19,6 +19,9 @@ from ._address import format_addresses
 from ._backend import current_primitives
 from ._io_core import Tally
 from ._logging import flush_periodically
+from ._metadata import check_tos
+from ._ratelimit import source_key
+from ._server_security import seal_for_send
 from ._server_sockets import open_server_sockets, resolve_bind_addresses
 
 if TYPE_CHECKING:
@@ -51,6 +54,8 @@ class Lifecycle:
         log: RateLimitedLog,
         statistics: Callable[[], ServerStatistics],
         security: ServerSecurity | None = None,
+        receive_metadata: bool = False,
+        tos: int | None = None,
     ) -> None:
         self._hosts = hosts
         self.port = port
@@ -63,6 +68,8 @@ class Lifecycle:
         self._log = log
         self._statistics = statistics
         self._security = security
+        self._receive_metadata = receive_metadata
+        self._tos = check_tos(tos)
         self.state = "new"
         self.transports: list[SocketIO] = []
         self.addresses: tuple[Any, ...] = ()
@@ -98,7 +105,10 @@ class Lifecycle:
             transports: Sequence[SocketIO]
             if self._network is not None:
                 transports = self._network.open_server_transports(
-                    self._hosts, self.port, self._max_datagram_size
+                    self._hosts,
+                    self.port,
+                    self._max_datagram_size,
+                    receive_metadata=self._receive_metadata,
                 )
                 await checkpoint()
             else:
@@ -107,6 +117,8 @@ class Lifecycle:
                     max_datagram_size=self._max_datagram_size,
                     reuse_port=self._reuse_port,
                     recv_buffer_size=self._recv_buffer_size,
+                    receive_metadata=self._receive_metadata,
+                    tos=self._tos,
                 )
             self.transports = list(transports)
         except BaseException:
@@ -233,6 +245,17 @@ class Lifecycle:
                 return transport
         kind = "IPv6" if family == socket.AF_INET6 else "IPv4"
         raise ValueError(f"the server has no {kind} socket to send to {address!r}")
+
+    async def send_packet(self, data: bytes, address: Any) -> None:
+        """``DatagramServer.send_packet`` once serialized: sealed, capped, sent."""
+        if self.state not in ("serving", "stopping"):
+            raise anyio.ClosedResourceError
+        transport = self.transport_for(address)
+        data = seal_for_send(self._security, address, data)
+        amplification = self._replies.amplification
+        if amplification is not None and not amplification.may_send(source_key(address), len(data)):
+            return
+        await transport.send(data, address)
 
     async def wait_closed(self) -> None:
         """Return once the server has closed (after :meth:`open`)."""

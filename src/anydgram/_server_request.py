@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from ._endpoint import IPAddress
     from ._io_core import ReplySource
     from ._logging import RateLimitedLog
+    from ._metadata import Ancillary, DatagramMetadata
     from ._ratelimit import AmplificationLimiter
     from ._server import DatagramServer
     from ._server_security import ServerSecurity
@@ -89,7 +90,7 @@ class DatagramRequest(Generic[SendT, RecvT]):
         server: The server that received it.
     """
 
-    __slots__ = ("_replies", "_source", "_transport", "address", "packet", "server")
+    __slots__ = ("_ancillary", "_replies", "_source", "_transport", "address", "packet", "server")
 
     packet: RecvT
     address: IPAddress
@@ -103,6 +104,7 @@ class DatagramRequest(Generic[SendT, RecvT]):
         transport: SocketIO,
         source: ReplySource | None,
         replies: Replies,
+        ancillary: Ancillary | None = None,
     ) -> None:
         self.packet = packet
         self.address = address
@@ -110,9 +112,21 @@ class DatagramRequest(Generic[SendT, RecvT]):
         self._transport = transport
         self._source = source
         self._replies = replies
+        self._ancillary = ancillary
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} from {self.address!r}: {self.packet!r}>"
+
+    @property
+    def metadata(self) -> DatagramMetadata | None:
+        """What the kernel reported about the datagram (timestamp, TTL, TOS, destination).
+
+        ``None`` unless the server was made with ``receive_metadata=True``; a field the
+        platform did not give is ``None``. Parsed from the kept control messages at each
+        read, so handlers that never read it do not pay for it.
+        """
+        parser = self._transport.core.metadata
+        return None if parser is None else parser.parse(self._ancillary)
 
     async def respond(self, packet: SendT) -> None:
         """Send ``packet`` to the sender, from the socket and address the request came to.

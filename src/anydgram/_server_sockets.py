@@ -16,6 +16,7 @@ from typing import Any, Final, cast
 import anyio
 
 from ._address import format_address
+from ._metadata import enable_metadata, set_tos
 from ._mmsg import RecvMmsg, server_strategy
 from ._mmsg_send import ReplyBatch
 from ._mmsg_send import available as batched_replies_available
@@ -97,6 +98,8 @@ def _open_one(
     max_datagram_size: int,
     reuse_port: bool,
     recv_buffer_size: int | None,
+    receive_metadata: bool,
+    tos: int | None,
 ) -> SocketIO:
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
@@ -109,9 +112,18 @@ def _open_one(
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind(sockaddr)
         set_recverr(sock)
+        if receive_metadata:
+            enable_metadata(sock)
+        if tos is not None:
+            set_tos(sock, tos)
         pktinfo = _is_wildcard(family, sockaddr) and enable_pktinfo(sock)
-        strategy = server_strategy(sock, pktinfo=pktinfo)
-        io = SocketIO(sock, max_datagram_size=max_datagram_size, strategy=strategy)
+        strategy = server_strategy(sock, pktinfo=pktinfo, metadata=receive_metadata)
+        io = SocketIO(
+            sock,
+            max_datagram_size=max_datagram_size,
+            strategy=strategy,
+            metadata=receive_metadata,
+        )
         if strategy is RecvMmsg and batched_replies_available():
             # Where a read batch comes in with one call, its replies leave with one too.
             io.reply_batch = ReplyBatch(io.core, io)
@@ -127,6 +139,8 @@ def open_server_sockets(
     max_datagram_size: int,
     reuse_port: bool,
     recv_buffer_size: int | None,
+    receive_metadata: bool = False,
+    tos: int | None = None,
 ) -> list[SocketIO]:
     """Bind one socket per address; on any failure close what was opened and raise.
 
@@ -155,6 +169,8 @@ def open_server_sockets(
                         max_datagram_size=max_datagram_size,
                         reuse_port=reuse_port,
                         recv_buffer_size=recv_buffer_size,
+                        receive_metadata=receive_metadata,
+                        tos=tos,
                     )
                 except OSError as exc:
                     where = format_address(sockaddr)

@@ -27,6 +27,7 @@ from ._io_core import (
     Tally,
 )
 from ._loop_waits import FdWaiter, LoopReadiness, keeps_readers
+from ._pktinfo import RecvPktinfo
 from ._socket_os import BoundPath, normalize_address
 
 if TYPE_CHECKING:
@@ -80,8 +81,9 @@ class Waits(Protocol):
 class SocketIO(Tally):
     """Datagram I/O on one non-blocking socket for async code, with its counters.
 
-    ``strategy`` picks how batches are received (``recvfrom`` by default); ``waits`` replaces
-    anyio's descriptor waits for a socket that has none.
+    ``strategy`` picks how batches are received (``recvfrom`` by default; ``recvmsg`` with
+    ``metadata``, which keeps each datagram's control messages); ``waits`` replaces anyio's
+    descriptor waits for a socket that has none.
     """
 
     #: ``send_nowait(data, address, source=None) -> bool``: send one datagram if the kernel
@@ -119,14 +121,18 @@ class SocketIO(Tally):
         unlink_path: BoundPath | None = None,
         strategy: Callable[[SocketCore], ReceiveStrategy] | None = None,
         waits: Waits | None = None,
+        metadata: bool = False,
     ) -> None:
         super().__init__()
+        if metadata and strategy is None:
+            strategy = RecvPktinfo.without_reply_sources  # recvmsg, keeping control messages
         core = self._core = SocketCore(
             sock,
             max_datagram_size=max_datagram_size,
             connected=connected,
             unlink_path=unlink_path,
             strategy=strategy,
+            metadata=metadata,
         )
         self.sock: SocketLike = sock
         self.send_nowait = functools.partial(core.send, self)

@@ -3,8 +3,9 @@
  * Two pieces of per-datagram work, each the exact counterpart of a pure-Python reference that
  * stays the default wherever this module is not built or ANYDGRAM_NO_EXTENSIONS is set:
  *
- *   unpack_batch   _mmsg.unpack_batch: a recvmmsg batch into (bytes, address, None) triples,
- *                  the senders' addresses looked up in (and added to) the receiver's cache;
+ *   unpack_batch   _mmsg.unpack_batch: a recvmmsg batch into (bytes, address, None, control)
+ *                  items, the senders' addresses looked up in (and added to) the receiver's
+ *                  cache, each datagram's control messages copied out when there are any;
  *   ReplySlots     _mmsg_send.ReplySlots: ReplyBatch's base, whose put() copies a reply into
  *                  its sendmmsg slot.
  *
@@ -21,14 +22,27 @@
 #include <sys/uio.h>
 
 /* unpack_batch(lengths, names, data, offsets, name_offsets, namelen, limit, addresses, decode,
- *              cache_size) -> (batch, nbytes, oversize) */
+ *              cache_size[, controls, control_offsets, control_lengths])
+ *     -> (batch, nbytes, oversize) */
 static PyObject *
 unpack_batch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
-    if (nargs != 10) {
-        PyErr_Format(PyExc_TypeError, "unpack_batch() takes 10 arguments (%zd given)", nargs);
+    if (nargs != 10 && nargs != 13) {
+        PyErr_Format(PyExc_TypeError, "unpack_batch() takes 10 or 13 arguments (%zd given)",
+                     nargs);
         return NULL;
+    }
+    /* The control areas: none (the 4th item is None) unless controls is given and not None. */
+    int with_controls = nargs == 13 && args[10] != Py_None;
+    PyObject *control_offsets = NULL, *control_lengths = NULL;
+    if (with_controls) {
+        control_offsets = args[11];
+        control_lengths = args[12];
+        if (!PyList_CheckExact(control_offsets) || !PyList_CheckExact(control_lengths)) {
+            PyErr_SetString(PyExc_TypeError, "unpack_batch() needs lists of control offsets and lengths");
+            return NULL;
+        }
     }
     PyObject *lengths = args[0], *names = args[1], *offsets = args[3], *name_offsets = args[4];
     PyObject *addresses = args[7], *decode = args[8];
@@ -48,6 +62,11 @@ unpack_batch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (PyObject_GetBuffer(args[2], &data, PyBUF_SIMPLE) < 0) {
         return NULL;
     }
+    Py_buffer controls = {0};
+    if (with_controls && PyObject_GetBuffer(args[10], &controls, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(&data);
+        return NULL;
+    }
     const char *base = data.buf;
     const char *raw_names = PyBytes_AS_STRING(names);
     Py_ssize_t names_size = PyBytes_GET_SIZE(names);
@@ -58,6 +77,14 @@ unpack_batch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     if (PyList_GET_SIZE(name_offsets) < count) {
         count = PyList_GET_SIZE(name_offsets);
+    }
+    if (with_controls) {
+        if (PyList_GET_SIZE(control_offsets) < count) {
+            count = PyList_GET_SIZE(control_offsets);
+        }
+        if (PyList_GET_SIZE(control_lengths) < count) {
+            count = PyList_GET_SIZE(control_lengths);
+        }
     }
     Py_ssize_t nbytes = 0, oversize = 0;
     PyObject *batch = PyList_New(0);
@@ -115,16 +142,45 @@ unpack_batch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             Py_DECREF(address);
             goto fail;
         }
-        PyObject *item = PyTuple_New(3);
+        PyObject *control = Py_None;
+        if (with_controls) {
+            Py_ssize_t control_offset = PyLong_AsSsize_t(PyList_GET_ITEM(control_offsets, i));
+            Py_ssize_t control_length = PyLong_AsSsize_t(PyList_GET_ITEM(control_lengths, i));
+            if ((control_offset == -1 || control_length == -1) && PyErr_Occurred()) {
+                Py_DECREF(payload);
+                Py_DECREF(address);
+                goto fail;
+            }
+            if (control_offset < 0 || control_length < 0 ||
+                control_offset + control_length > controls.len) {
+                Py_DECREF(payload);
+                Py_DECREF(address);
+                PyErr_SetString(PyExc_ValueError, "unpack_batch(): a control area outside the buffers");
+                goto fail;
+            }
+            control = PyBytes_FromStringAndSize((const char *)controls.buf + control_offset,
+                                                control_length);
+            if (control == NULL) {
+                Py_DECREF(payload);
+                Py_DECREF(address);
+                goto fail;
+            }
+        }
+        else {
+            Py_INCREF(Py_None);
+        }
+        PyObject *item = PyTuple_New(4);
         if (item == NULL) {
             Py_DECREF(payload);
             Py_DECREF(address);
+            Py_DECREF(control);
             goto fail;
         }
         PyTuple_SET_ITEM(item, 0, payload);
         PyTuple_SET_ITEM(item, 1, address);
         Py_INCREF(Py_None);
         PyTuple_SET_ITEM(item, 2, Py_None);
+        PyTuple_SET_ITEM(item, 3, control);
         int failed = PyList_Append(batch, item);
         Py_DECREF(item);
         if (failed < 0) {
@@ -133,9 +189,15 @@ unpack_batch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         nbytes += length;
     }
     PyBuffer_Release(&data);
+    if (with_controls) {
+        PyBuffer_Release(&controls);
+    }
     return Py_BuildValue("(Nnn)", batch, nbytes, oversize);
 fail:
     PyBuffer_Release(&data);
+    if (with_controls) {
+        PyBuffer_Release(&controls);
+    }
     Py_XDECREF(batch);
     return NULL;
 }
@@ -342,7 +404,7 @@ static PyTypeObject ReplySlotsType = {
 
 static PyMethodDef module_methods[] = {
     {"unpack_batch", (PyCFunction)(void (*)(void))unpack_batch, METH_FASTCALL,
-     "A recvmmsg batch into (bytes, address, None) triples (see _mmsg.unpack_batch)."},
+     "A recvmmsg batch into (bytes, address, None, control) items (see _mmsg.unpack_batch)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -41,6 +41,9 @@ class EndpointStatistics:
         dtls_sessions: DTLS associations open now (a client: 1 until it or its peer closes).
         dtls_records_dropped: Received DTLS records dropped: failed to authenticate,
             replays, or datagrams that were not DTLS records at all.
+        metadata_truncated: Datagrams whose control messages did not fit the room kept for
+            them (``MSG_CTRUNC``; only with ``receive_metadata=True``): delivered anyway, with
+            the metadata fields that did arrive.
     """
 
     datagrams_received: int
@@ -60,6 +63,7 @@ class EndpointStatistics:
     dtls_handshake_failures: int = 0
     dtls_sessions: int = 0
     dtls_records_dropped: int = 0
+    metadata_truncated: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +120,9 @@ class ServerStatistics:
         dtls_records_dropped: Received DTLS records dropped: failed to authenticate,
             replays, garbage, ClientHellos with a bad cookie, and records from peers with no
             session.
+        metadata_truncated: Datagrams whose control messages did not fit (``MSG_CTRUNC``;
+            only with ``receive_metadata=True``), handed to handlers anyway with the metadata
+            fields that did arrive.
     """
 
     datagrams_received: int
@@ -142,3 +149,4 @@ class ServerStatistics:
     dtls_handshake_failures: int = 0
     dtls_sessions: int = 0
     dtls_records_dropped: int = 0
+    metadata_truncated: int = 0

@@ -1,234 +1,34 @@
-"""Blocking datagram endpoints for threaded programs: the shared base and the client.
+"""The blocking client for threaded programs: :class:`SyncDatagramClient`.
 
-:class:`SyncDatagramClient` (connected, here) and :class:`~anydgram.SyncDatagramEndpoint`
-(bound, unconnected, in :mod:`anydgram._sync_endpoint`) pair one
-:class:`~anydgram._sync_socket.ThreadedSocketIO` (the socket side, no event loop) with the same
-:class:`~anydgram.DatagramProtocol` objects the async endpoints use, and raise the same errors
-they do.
+Its base, shared with :class:`~anydgram.SyncDatagramEndpoint` (``_sync_endpoint.py``), is in
+``_sync_base.py``.
 """
 
 from __future__ import annotations
 
 import socket
-import threading
-import time
 from collections.abc import Callable, Iterable, Iterator
-from types import TracebackType
-from typing import Any, Generic, Self, TypeVar, cast, overload
+from typing import Any, TypeVar, cast, overload
 
-import anyio
-
-from ._client_request import BUSY_ACTION, Match, ThreadedRequests
 from ._endpoint_base import (
     Address,
     check_datagram_socket,
-    check_max_count,
     make_datagrams,
-    parse_batch,
 )
-from ._errors import DatagramProtocolParseError
+from ._metadata import DatagramMetadata, check_tos
 from ._open_endpoint import check_host, check_port, connect_first
-from ._protocol import DatagramProtocol, RecvT, SendT, default_protocol
-from ._retry_schedule import AttemptSchedule, attempt_timeouts, check_match
-from ._socket_os import normalize_address
-from ._socket_proxy import SocketProxy
-from ._statistics import EndpointStatistics
-from ._sync_socket import ThreadedSocketIO
+from ._protocol import DatagramProtocol, RecvT, SendT
+from ._retry_schedule import attempt_timeouts, check_match
+from ._sync_base import SyncBase, getaddrinfo
 from ._sync_wait import deadline_after
 
-__all__ = ("SyncDatagramClient", "getaddrinfo")
+__all__ = ("SyncDatagramClient",)
 
 _S = TypeVar("_S")
 _R = TypeVar("_R")
 
 
-def getaddrinfo(host: str, port: int, family: int, flags: int = 0) -> list[tuple[Any, ...]]:
-    """:func:`socket.getaddrinfo` for ``SOCK_DGRAM``, with names encoded as anyio encodes them.
-
-    ASCII names go to the resolver as they are (so a malformed one is a
-    :exc:`socket.gaierror`, not the :exc:`UnicodeError` of the stdlib's idna codec); others
-    are IDNA-encoded first.
-
-    Raises:
-        socket.gaierror: The name does not resolve, or cannot be encoded.
-    """
-    try:
-        encoded = host.encode("ascii")
-    except UnicodeEncodeError:
-        try:
-            encoded = host.encode("idna")
-        except UnicodeError as exc:
-            raise socket.gaierror(socket.EAI_NONAME, f"invalid host name {host!r}") from exc
-    return socket.getaddrinfo(encoded, port, family, socket.SOCK_DGRAM, 0, flags)
-
-
-class _SyncBase(Generic[SendT, RecvT]):
-    """What blocking clients and endpoints share: the socket, the protocol, counters, closing."""
-
-    __slots__ = ("_io", "_parse_errors", "_parse_lock", "_protocol", "_requests")
-
-    _io: ThreadedSocketIO
-    _protocol: DatagramProtocol[SendT, RecvT]
-    _requests: ThreadedRequests[RecvT]
-
-    def _setup(
-        self,
-        sock: socket.socket,
-        protocol: DatagramProtocol[Any, Any] | None,
-        *,
-        connected: bool,
-    ) -> None:
-        proto: DatagramProtocol[Any, Any] = default_protocol() if protocol is None else protocol
-        self._protocol = proto
-        self._io = ThreadedSocketIO(
-            sock, max_datagram_size=proto.max_datagram_size, connected=connected
-        )
-        self._parse_errors = 0
-        self._parse_lock = threading.Lock()
-        self._requests = ThreadedRequests(self._io, self._parse, keyed=not connected)
-
-    def __repr__(self) -> str:
-        state = "closed" if self._io.closed else f"local={self.local_address!r}"
-        return f"<{type(self).__name__} {state}>"
-
-    @property
-    def protocol(self) -> DatagramProtocol[SendT, RecvT]:
-        """The protocol that turns packets into datagrams and back."""
-        return self._protocol
-
-    @property
-    def socket(self) -> SocketProxy:
-        """A view of the underlying socket (options, names, file descriptor; no ``close``)."""
-        return SocketProxy(self._io.sock)
-
-    @property
-    def closed(self) -> bool:
-        """Whether :meth:`close` has been called."""
-        return self._io.closed
-
-    @property
-    def local_address(self) -> Address:
-        """The address this endpoint is bound to.
-
-        Raises:
-            anyio.ClosedResourceError: The endpoint is closed.
-        """
-        sock = self._io.sock
-        try:
-            name = sock.getsockname()
-        except OSError:
-            if self._io.closed:
-                raise anyio.ClosedResourceError from None
-            raise
-        if self._io.closed:
-            raise anyio.ClosedResourceError
-        return cast(Address, normalize_address(sock.family, name))
-
-    def statistics(self) -> EndpointStatistics:
-        """A snapshot of the counters; ``kernel_drops`` and buffer sizes are read now."""
-        io = self._io
-        recv_buffer_size, send_buffer_size = io.buffer_sizes()
-        return EndpointStatistics(
-            **io.counters(),
-            parse_errors=self._parse_errors,
-            unmatched_replies=self._requests.unmatched,
-            kernel_drops=io.kernel_drops(),
-            recv_buffer_size=recv_buffer_size,
-            send_buffer_size=send_buffer_size,
-        )
-
-    def close(self) -> None:
-        """Close the endpoint; may be called from any thread.
-
-        Threads blocked in a receive, a send or a :meth:`request` get
-        :exc:`anyio.ClosedResourceError` at once (not after a polling interval). When this
-        returns those threads have left the socket and it is closed, so its port is free
-        again. Closing twice is fine.
-        """
-        self._io.close()
-        self._requests.wake_all()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def _parse(self, data: bytes, address: Address) -> RecvT:
-        try:
-            return self._protocol.build_packet_from_datagram(data)
-        except DatagramProtocolParseError as exc:
-            self._parse_failed(exc, address)
-            raise
-
-    def _parse_failed(self, exc: DatagramProtocolParseError, address: Address) -> None:
-        with self._parse_lock:
-            self._parse_errors += 1
-        exc.address = address
-
-    def _recv_packets(self, max_count: int, timeout: float | None) -> list[tuple[RecvT, Address]]:
-        check_max_count(max_count)
-        deadline = deadline_after(timeout)
-        requests = self._requests
-        batch = self._io.receive_many(max_count, deadline, requests)
-        if requests.pending:  # a request() started while this call waited
-            for data, address, _ in batch:
-                requests.deliver(data, address)
-            raise anyio.BusyResourceError(BUSY_ACTION)
-        io = self._io
-        return parse_batch(
-            self._protocol, batch, io.max_datagram_size, io.push_back, self._parse_failed
-        )
-
-    def _recv_datagram(self, deadline: float | None) -> tuple[bytes, Address]:
-        requests = self._requests
-        data, address = self._io.receive_one(deadline, requests)
-        if requests.pending:  # a request() started while this call waited
-            requests.deliver(data, address)
-            raise anyio.BusyResourceError(BUSY_ACTION)
-        return data, address
-
-    def _iter_datagrams(
-        self, deadline: float | None, budgeted: bool
-    ) -> Iterator[tuple[bytes, Address]]:
-        while True:
-            try:
-                item = self._recv_datagram(deadline)
-            except TimeoutError:
-                return
-            yield item
-            # The budget bounds the iteration even when datagrams keep coming; a budget of 0
-            # means "what is already waiting", so it ends only when nothing is.
-            if budgeted and deadline is not None and time.monotonic() >= deadline:
-                return
-
-    def _send(self, packet: SendT, address: Address, timeout: float | None) -> None:
-        deadline = deadline_after(timeout)
-        self._io.send(self._protocol.make_datagram(packet), address, deadline)
-
-    def _send_datagrams(
-        self, datagrams: list[bytes], addresses: list[Any] | None, timeout: float | None
-    ) -> None:
-        self._io.send_many(datagrams, addresses, deadline_after(timeout))
-
-    def _request(
-        self,
-        packet: SendT,
-        address: Address,
-        key: Any,
-        timeouts: AttemptSchedule,
-        match: Match | None,
-    ) -> RecvT:
-        datagram = self._protocol.make_datagram(packet)
-        return self._requests.request(datagram, address, key, timeouts, match)
-
-
-class SyncDatagramClient(_SyncBase[SendT, RecvT]):
+class SyncDatagramClient(SyncBase[SendT, RecvT]):
     """A blocking UDP client connected to one peer, for threaded programs.
 
     The constructor resolves ``host`` (:func:`socket.getaddrinfo`) and tries each address in
@@ -248,6 +48,10 @@ class SyncDatagramClient(_SyncBase[SendT, RecvT]):
         family: ``AF_INET`` or ``AF_INET6`` to restrict the addresses tried.
         recv_buffer_size: ``SO_RCVBUF`` to request, in bytes.
         send_buffer_size: ``SO_SNDBUF`` to request, in bytes.
+        receive_metadata: Ask the kernel for each datagram's metadata, for
+            :meth:`recv_packet_with_metadata`.
+        tos: The TOS (IPv4) or traffic class (IPv6) byte of every datagram sent
+            (``IP_TOS``/``IPV6_TCLASS``); ``None``: the system's.
 
     Raises:
         TypeError: ``host`` or ``port`` has the wrong type.
@@ -270,6 +74,8 @@ class SyncDatagramClient(_SyncBase[SendT, RecvT]):
         family: int = socket.AF_UNSPEC,
         recv_buffer_size: int | None = None,
         send_buffer_size: int | None = None,
+        receive_metadata: bool = False,
+        tos: int | None = None,
     ) -> None: ...
     @overload
     def __init__(
@@ -282,6 +88,8 @@ class SyncDatagramClient(_SyncBase[SendT, RecvT]):
         family: int = socket.AF_UNSPEC,
         recv_buffer_size: int | None = None,
         send_buffer_size: int | None = None,
+        receive_metadata: bool = False,
+        tos: int | None = None,
     ) -> None: ...
     def __init__(
         self,
@@ -293,9 +101,12 @@ class SyncDatagramClient(_SyncBase[SendT, RecvT]):
         family: int = socket.AF_UNSPEC,
         recv_buffer_size: int | None = None,
         send_buffer_size: int | None = None,
+        receive_metadata: bool = False,
+        tos: int | None = None,
     ) -> None:
         check_host(host)
         check_port(port)
+        check_tos(tos)
         infos = getaddrinfo(host, port, family)
         sock = connect_first(
             infos,
@@ -303,9 +114,11 @@ class SyncDatagramClient(_SyncBase[SendT, RecvT]):
             local_address=local_address,
             recv_buffer_size=recv_buffer_size,
             send_buffer_size=send_buffer_size,
+            receive_metadata=receive_metadata,
+            tos=tos,
         )
         try:
-            self._setup(sock, protocol, connected=True)
+            self._setup(sock, protocol, connected=True, metadata=receive_metadata)
         except BaseException:
             sock.close()
             raise
@@ -383,6 +196,20 @@ class SyncDatagramClient(_SyncBase[SendT, RecvT]):
         """
         data, address = self._recv_datagram(deadline_after(timeout))
         return self._parse(data, address)
+
+    def recv_packet_with_metadata(
+        self, *, timeout: float | None = None
+    ) -> tuple[RecvT, DatagramMetadata]:
+        """:meth:`recv_packet`, with what the kernel reported about the datagram.
+
+        Errors and timeout as for :meth:`recv_packet`; a field the platform did not give is
+        ``None``.
+
+        Raises:
+            ValueError: The client was not made with ``receive_metadata=True``.
+        """
+        packet, _, metadata = self._recv_with_metadata(timeout)
+        return packet, metadata
 
     def send_packets(self, packets: Iterable[SendT], *, timeout: float | None = None) -> None:
         """Send every packet of ``packets`` to the peer, one datagram each, in order.

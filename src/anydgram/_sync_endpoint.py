@@ -1,7 +1,7 @@
 """The blocking unconnected endpoint: :class:`SyncDatagramEndpoint`.
 
 The unconnected twin of :class:`~anydgram.SyncDatagramClient`, built on the same base
-(:mod:`anydgram._sync`): one :class:`~anydgram._sync_socket.ThreadedSocketIO` and one
+(:mod:`anydgram._sync_base`): one :class:`~anydgram._sync_socket.ThreadedSocketIO` and one
 :class:`~anydgram.DatagramProtocol`.
 """
 
@@ -15,11 +15,12 @@ import anyio
 
 from ._client_request import destination_key, key_from_addrinfo
 from ._endpoint_base import Address, check_datagram_socket, is_connected, split_addressed
+from ._metadata import DatagramMetadata, check_tos
 from ._multicast import set_membership
 from ._open_endpoint import bind_first, check_bind_arguments
 from ._protocol import DatagramProtocol, RecvT, SendT
 from ._retry_schedule import attempt_timeouts, check_match
-from ._sync import _SyncBase, getaddrinfo
+from ._sync_base import SyncBase, getaddrinfo
 from ._sync_wait import deadline_after
 
 __all__ = ("SyncDatagramEndpoint",)
@@ -28,7 +29,7 @@ _S = TypeVar("_S")
 _R = TypeVar("_R")
 
 
-class SyncDatagramEndpoint(_SyncBase[SendT, RecvT]):
+class SyncDatagramEndpoint(SyncBase[SendT, RecvT]):
     """A blocking UDP socket bound to a local address that talks to any peer.
 
     The unconnected twin of :class:`SyncDatagramClient`, with the behaviour of
@@ -45,6 +46,10 @@ class SyncDatagramEndpoint(_SyncBase[SendT, RecvT]):
         broadcast: Set ``SO_BROADCAST``, allowing sends to broadcast addresses.
         recv_buffer_size: ``SO_RCVBUF`` to request, in bytes.
         send_buffer_size: ``SO_SNDBUF`` to request, in bytes.
+        receive_metadata: Ask the kernel for each datagram's metadata, for
+            :meth:`recv_packet_with_metadata`.
+        tos: The TOS (IPv4) or traffic class (IPv6) byte of every datagram sent
+            (``IP_TOS``/``IPV6_TCLASS``); ``None``: the system's.
 
     Raises:
         TypeError: An argument has the wrong type.
@@ -67,6 +72,8 @@ class SyncDatagramEndpoint(_SyncBase[SendT, RecvT]):
         broadcast: bool = False,
         recv_buffer_size: int | None = None,
         send_buffer_size: int | None = None,
+        receive_metadata: bool = False,
+        tos: int | None = None,
     ) -> None: ...
     @overload
     def __init__(
@@ -80,6 +87,8 @@ class SyncDatagramEndpoint(_SyncBase[SendT, RecvT]):
         broadcast: bool = False,
         recv_buffer_size: int | None = None,
         send_buffer_size: int | None = None,
+        receive_metadata: bool = False,
+        tos: int | None = None,
     ) -> None: ...
     def __init__(
         self,
@@ -92,8 +101,11 @@ class SyncDatagramEndpoint(_SyncBase[SendT, RecvT]):
         broadcast: bool = False,
         recv_buffer_size: int | None = None,
         send_buffer_size: int | None = None,
+        receive_metadata: bool = False,
+        tos: int | None = None,
     ) -> None:
         host, family = check_bind_arguments(host, port, family, reuse_port=reuse_port)
+        check_tos(tos)
         infos = getaddrinfo(host, port, family, socket.AI_PASSIVE)
         sock = bind_first(
             infos,
@@ -102,9 +114,11 @@ class SyncDatagramEndpoint(_SyncBase[SendT, RecvT]):
             broadcast=broadcast,
             recv_buffer_size=recv_buffer_size,
             send_buffer_size=send_buffer_size,
+            receive_metadata=receive_metadata,
+            tos=tos,
         )
         try:
-            self._setup(sock, protocol, connected=False)
+            self._setup(sock, protocol, connected=False, metadata=receive_metadata)
         except BaseException:
             sock.close()
             raise
@@ -177,6 +191,19 @@ class SyncDatagramEndpoint(_SyncBase[SendT, RecvT]):
         """
         data, address = self._recv_datagram(deadline_after(timeout))
         return self._parse(data, address), address
+
+    def recv_packet_with_metadata(
+        self, *, timeout: float | None = None
+    ) -> tuple[RecvT, Address, DatagramMetadata]:
+        """:meth:`recv_packet`, with what the kernel reported about the datagram.
+
+        ``metadata.local_address`` is the address it was sent to. Errors and timeout as for
+        :meth:`recv_packet`; a field the platform did not give is ``None``.
+
+        Raises:
+            ValueError: The endpoint was not made with ``receive_metadata=True``.
+        """
+        return self._recv_with_metadata(timeout)
 
     def send_packets(
         self, packets: Iterable[tuple[SendT, Address]], *, timeout: float | None = None

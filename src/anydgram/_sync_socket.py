@@ -28,6 +28,8 @@ import anyio
 
 from ._batches import BatchSender, choose_batch_receive
 from ._io_core import Received, SocketCore, Tally
+from ._metadata import MetadataParser
+from ._pktinfo import RecvPktinfo
 from ._socket_io import UNIX_BACKOFF_FIRST, UNIX_BACKOFF_MAX
 from ._socket_os import IS_LINUX, BoundPath
 from ._sync_wait import Waker
@@ -62,6 +64,23 @@ class _Side:
         self.tally = Tally()
 
 
+def _make_core(
+    sock: socket.socket,
+    max_datagram_size: int,
+    connected: bool,
+    unlink_path: BoundPath | None,
+    metadata: bool,
+) -> SocketCore:
+    return SocketCore(
+        sock,
+        max_datagram_size=max_datagram_size,
+        connected=connected,
+        unlink_path=unlink_path,
+        strategy=RecvPktinfo.without_reply_sources if metadata else None,  # keeps control data
+        metadata=metadata,
+    )
+
+
 class ThreadedSocketIO:
     """Blocking datagram I/O on one non-blocking socket, safe to share between threads.
 
@@ -84,6 +103,7 @@ class ThreadedSocketIO:
         "_send",
         "_unread",
         "_waker",
+        "metadata",
         "sock",
     )
 
@@ -94,10 +114,11 @@ class ThreadedSocketIO:
         max_datagram_size: int,
         connected: bool,
         unlink_path: BoundPath | None = None,
+        metadata: bool = False,
     ) -> None:
-        self._core = SocketCore(
-            sock, max_datagram_size=max_datagram_size, connected=connected, unlink_path=unlink_path
-        )
+        self._core = _make_core(sock, max_datagram_size, connected, unlink_path, metadata)
+        #: The socket's metadata parser; ``None`` unless it receives metadata.
+        self.metadata: MetadataParser | None = self._core.metadata
         self.sock = sock
         self._fd = sock.fileno()
         # With IP_RECVERR, a queued ICMP error keeps poll() reporting an unconnected IP socket
@@ -189,6 +210,7 @@ class ThreadedSocketIO:
             total.bytes_sent += tally.bytes_sent
             total.send_errors += tally.send_errors
             total.icmp_errors += tally.icmp_errors
+            total.metadata_truncated += tally.metadata_truncated
             release = self._leave_locked(side)
         if release:
             self._release_deferred()

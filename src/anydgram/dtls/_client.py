@@ -20,6 +20,7 @@ from OpenSSL import SSL
 from .._endpoint import DatagramClient
 from .._errors import DatagramTooLargeError
 from .._io_core import MAX_BATCH, Received, ReplySource
+from .._metadata import MetadataParser
 from .._open_endpoint import check_host, check_port, connect_first
 from .._protocol import DatagramProtocol, RecvT, SendT, default_protocol
 from .._socket_io import SocketIO
@@ -127,7 +128,7 @@ class DTLSSocketIO(SocketIO):
                         batch = await SocketIO.receive(self, 1)
                     if not batch:
                         association.on_timer()  # OpenSSL retransmits its last flight
-                    for data, _, _ in batch:
+                    for data, _, _, _ in batch:
                         association.feed_untrusted(data)
             except DTLSError:
                 self._flush_nowait()  # the alert that tells the peer why
@@ -148,7 +149,7 @@ class DTLSSocketIO(SocketIO):
 
     def _open(self, batch: list[Received]) -> None:
         feed = self.association.feed_untrusted
-        for data, _, _ in batch:
+        for data, _, _, _ in batch:
             self._plain.extend(feed(data))
         self._flush_nowait()  # OpenSSL may answer a retransmitted flight
 
@@ -167,7 +168,7 @@ class DTLSSocketIO(SocketIO):
         if not plain and self.association.closed_by_peer:
             raise peer_closed()
         peer = self.peer
-        return [(plain.popleft(), peer, None) for _ in range(min(max_count, len(plain)))]
+        return [(plain.popleft(), peer, None, None) for _ in range(min(max_count, len(plain)))]
 
     async def receive(self, max_count: int) -> list[Received]:
         """Wait for plaintexts; cancellation loses nothing (opened ones stay queued)."""
@@ -209,7 +210,7 @@ class DTLSSocketIO(SocketIO):
 
     def push_back(self, items: list[Received]) -> None:
         """Put plaintexts back in front of the next receive."""
-        self._plain.extendleft(reversed([data for data, _, _ in items]))
+        self._plain.extendleft(reversed([data for data, _, _, _ in items]))
 
     async def send_many(self, datagrams: Sequence[bytes], addresses: Sequence[Any] | None) -> None:
         """Seal and send each datagram in turn, every one checked first."""
@@ -253,9 +254,14 @@ class DTLSClient(DatagramClient[SendT, RecvT]):
         sock: socket.socket,
         protocol: DatagramProtocol[Any, Any] | None,
         unlink_path: BoundPath | None = None,
+        metadata: bool = False,
     ) -> DatagramClient[Any, Any]:
         # from_socket() would hand back a plain client: a handshake needs connect_dtls().
         raise TypeError("a DTLSClient is made by connect_dtls(), not from a socket")
+
+    def _metadata_parser(self) -> MetadataParser:
+        # A record's metadata is its datagram's; records and datagrams are not one to one.
+        raise ValueError("a DTLSClient does not receive metadata (receive_metadata is plain UDP)")
 
     @property
     def peer_certificate(self) -> x509.Certificate | None:

@@ -22,6 +22,7 @@ from OpenSSL import SSL
 
 from .._address import format_address
 from .._io_core import Received, ReplySource
+from .._metadata import Ancillary
 from ._association import Association, flight_mtu, receive_room
 from ._client import check_handshake_timeout
 from ._contexts import DTLSError, check_context, prepare_connection
@@ -129,9 +130,9 @@ class DTLSServerSide:
         """Handle a batch of encrypted datagrams; the plaintexts handlers should see."""
         opened: list[Received] = []
         now = time.monotonic()
-        for data, address, source in batch:
+        for data, address, source, ancillary in batch:
             try:
-                self._one_untrusted(transport, data, address, source, now, opened)
+                self._one_untrusted(transport, data, address, (source, ancillary), now, opened)
             except Exception as exc:  # a bug here must not stop the server: count, log, go on
                 self.dropped += 1
                 self._forget(address)
@@ -150,10 +151,12 @@ class DTLSServerSide:
         transport: SocketIO,
         data: bytes,
         address: Any,
-        source: ReplySource | None,
+        received: tuple[ReplySource | None, Ancillary | None],
         now: float,
         opened: list[Received],
     ) -> None:
+        """One encrypted datagram; ``received``: its reply source and control messages."""
+        source = received[0]
         sessions = self._sessions
         session = sessions.get(address)
         if session is not None and session.association.established and _is_hello(data):
@@ -180,7 +183,7 @@ class DTLSServerSide:
             if len(plaintext) > self._limit:
                 self.dropped += 1  # over the protocol's limit, as an oversize datagram would be
             else:
-                opened.append((plaintext, address, source))
+                opened.append((plaintext, address, source, received[1]))  # metadata kept
         if association.closed_by_peer:
             self._forget(address)
 

@@ -21,10 +21,12 @@ from OpenSSL import SSL
 
 from .._client_request import BUSY_ACTION, ThreadedRequests
 from .._io_core import Received
+from .._metadata import MetadataParser
 from .._open_endpoint import connect_first
 from .._protocol import DatagramProtocol, RecvT, SendT
 from .._statistics import EndpointStatistics
-from .._sync import SyncDatagramClient, getaddrinfo
+from .._sync import SyncDatagramClient
+from .._sync_base import getaddrinfo
 from .._sync_socket import ThreadedSocketIO
 from ._association import Association, receive_room
 from ._client import ClientSetup, check_plaintext, peer_closed
@@ -109,16 +111,16 @@ class ThreadedDTLSSocketIO(ThreadedSocketIO):
     ) -> list[Received]:
         """Wait for one plaintext, then take those already opened, up to ``max_count``."""
         first, peer = self.receive_one(deadline, busy)
-        batch: list[Received] = [(first, peer, None)]
+        batch: list[Received] = [(first, peer, None, None)]
         with self._tls_lock:
             while len(batch) < max_count and self._plain:
-                batch.append((self._plain.popleft(), peer, None))
+                batch.append((self._plain.popleft(), peer, None, None))
         return batch
 
     def push_back(self, items: list[Received]) -> None:
         """Put plaintexts back in front of the next receive."""
         with self._tls_lock:
-            self._plain.extendleft(reversed([data for data, _, _ in items]))
+            self._plain.extendleft(reversed([data for data, _, _, _ in items]))
 
     def send_many(
         self, datagrams: Sequence[bytes], addresses: Sequence[Any] | None, deadline: float | None
@@ -257,9 +259,15 @@ class SyncDTLSClient(SyncDatagramClient[SendT, RecvT]):
         protocol: DatagramProtocol[Any, Any] | None,
         *,
         connected: bool,
+        metadata: bool = False,
     ) -> None:
         # from_socket() would make a client with no association: the constructor handshakes.
         raise TypeError("a SyncDTLSClient is made by its constructor, not from a socket")
+
+    def _metadata_parser(self) -> MetadataParser:
+        raise ValueError(
+            "a SyncDTLSClient does not receive metadata (receive_metadata is plain UDP)"
+        )
 
     @property
     def peer_certificate(self) -> x509.Certificate | None:

@@ -198,16 +198,29 @@ class MemoryNetwork:
 
     @overload
     async def open_udp_endpoint(
-        self, host: str, port: int = 0, *, protocol: None = None
+        self, host: str, port: int = 0, *, protocol: None = None, receive_metadata: bool = False
     ) -> DatagramEndpoint[bytes, bytes]: ...
     @overload
     async def open_udp_endpoint(
-        self, host: str, port: int = 0, *, protocol: DatagramProtocol[_S, _R]
+        self,
+        host: str,
+        port: int = 0,
+        *,
+        protocol: DatagramProtocol[_S, _R],
+        receive_metadata: bool = False,
     ) -> DatagramEndpoint[_S, _R]: ...
     async def open_udp_endpoint(
-        self, host: str, port: int = 0, *, protocol: DatagramProtocol[Any, Any] | None = None
+        self,
+        host: str,
+        port: int = 0,
+        *,
+        protocol: DatagramProtocol[Any, Any] | None = None,
+        receive_metadata: bool = False,
     ) -> DatagramEndpoint[Any, Any]:
         """Bind an unconnected endpoint to ``(host, port)`` on this network.
+
+        With ``receive_metadata`` it reports each datagram's arrival time and destination
+        (``timestamp`` and ``local_address``; a memory network has no TTL or TOS: ``None``).
 
         Raises:
             TypeError: An argument has the wrong type.
@@ -215,26 +228,36 @@ class MemoryNetwork:
             OSError: ``EADDRINUSE``: the address is taken.
         """
         proto = default_protocol() if protocol is None else protocol
-        io = self._bind(host, port, None, proto.max_datagram_size)
+        io = self._bind(host, port, None, proto.max_datagram_size, receive_metadata)
         await anyio.lowlevel.checkpoint()
         return DatagramEndpoint(io, proto)
 
     @overload
     async def connect_udp(
-        self, host: str, port: int, *, protocol: None = None
+        self, host: str, port: int, *, protocol: None = None, receive_metadata: bool = False
     ) -> DatagramClient[bytes, bytes]: ...
     @overload
     async def connect_udp(
-        self, host: str, port: int, *, protocol: DatagramProtocol[_S, _R]
+        self,
+        host: str,
+        port: int,
+        *,
+        protocol: DatagramProtocol[_S, _R],
+        receive_metadata: bool = False,
     ) -> DatagramClient[_S, _R]: ...
     async def connect_udp(
-        self, host: str, port: int, *, protocol: DatagramProtocol[Any, Any] | None = None
+        self,
+        host: str,
+        port: int,
+        *,
+        protocol: DatagramProtocol[Any, Any] | None = None,
+        receive_metadata: bool = False,
     ) -> DatagramClient[Any, Any]:
         """A client connected to ``(host, port)``, bound to a free port on the loopback address.
 
         Like a connected UDP socket it receives only from its peer. Nothing needs to listen
         at ``(host, port)``: datagrams to a missing peer are lost (``unroutable``), with no
-        ``ConnectionRefusedError``.
+        ``ConnectionRefusedError``. ``receive_metadata`` as for :meth:`open_udp_endpoint`.
 
         Raises:
             TypeError: An argument has the wrong type.
@@ -245,12 +268,19 @@ class MemoryNetwork:
         if _check_port(port) == 0:
             raise ValueError("cannot connect to port 0")
         proto = default_protocol() if protocol is None else protocol
-        io = self._bind(LOOPBACK[family], 0, (peer_host, port), proto.max_datagram_size)
+        io = self._bind(
+            LOOPBACK[family], 0, (peer_host, port), proto.max_datagram_size, receive_metadata
+        )
         await anyio.lowlevel.checkpoint()
         return DatagramClient(io, proto)
 
     def open_server_transports(
-        self, hosts: Sequence[str] | None, port: int, max_datagram_size: int
+        self,
+        hosts: Sequence[str] | None,
+        port: int,
+        max_datagram_size: int,
+        *,
+        receive_metadata: bool = False,
     ) -> list[SocketIO]:
         """The server's sockets: one per host (both wildcards for ``None``), on one port.
 
@@ -262,7 +292,7 @@ class MemoryNetwork:
         opened: list[SocketIO] = []
         try:
             for name in names:
-                io = self._bind(name, port, None, max_datagram_size)
+                io = self._bind(name, port, None, max_datagram_size, receive_metadata)
                 opened.append(io)
                 port = io.local_address[1]
         except BaseException:
@@ -272,7 +302,12 @@ class MemoryNetwork:
         return opened
 
     def _bind(
-        self, host: str, port: int, peer: tuple[str, int] | None, max_datagram_size: int
+        self,
+        host: str,
+        port: int,
+        peer: tuple[str, int] | None,
+        max_datagram_size: int,
+        receive_metadata: bool = False,
     ) -> SocketIO:
         family, name = _check_host(host)
         port = _check_port(port)
@@ -281,6 +316,7 @@ class MemoryNetwork:
         elif (name, port) in self._bound:
             raise OSError(errno.EADDRINUSE, f"address already in use: {(name, port)!r}")
         sock = MemorySocket(self, _address_key, family, (name, port), peer, self._queue_size)
+        sock.timestamps = bool(receive_metadata)
         # A wildcard bind learns each datagram's destination and replies from it, as a real
         # server socket does with IP_PKTINFO.
         wildcard = peer is None and name == WILDCARD[family]
@@ -290,6 +326,7 @@ class MemoryNetwork:
             connected=peer is not None,
             strategy=RecvPktinfo if wildcard else None,
             waits=sock,
+            metadata=bool(receive_metadata),
         )
         self._bound[name, port] = sock
         return io

@@ -1,7 +1,8 @@
 """The memory network's socket: a stand-in for a UDP socket, under the same I/O core.
 
 It offers the calls :class:`~anydgram._io_core.SocketCore` makes on a socket (``recvfrom``,
-``sendto``, ``recvmsg`` with ``IP_PKTINFO``, ``SO_MEMINFO``, ...), answering them from a queue
+``sendto``, ``recvmsg`` with ``IP_PKTINFO`` and, for metadata, ``SO_TIMESTAMPNS``,
+``SO_MEMINFO``, ...), answering them from a queue
 the network fills, and the waits an async socket needs (an event instead of a descriptor). So
 counters, errors, oversize handling, closing and replies from the right address are the real
 code's, and nothing above the core knows which network it runs on.
@@ -13,6 +14,7 @@ import errno
 import math
 import socket
 import struct
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Final, overload
@@ -20,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Final, overload
 import anyio
 import anyio.lowlevel
 
+from .._metadata import SO_TIMESTAMPNS
 from .._pktinfo import IP_PKTINFO, IPV6_PKTINFO
 from .._socket_os import SK_MEMINFO_DROPS, SO_MEMINFO
 
@@ -32,9 +35,10 @@ __all__ = ("LOOPBACK", "WILDCARD", "MemorySocket")
 _MAX_PAYLOAD: Final[dict[int, int]] = {socket.AF_INET: 65507, socket.AF_INET6: 65527}
 WILDCARD: Final[dict[int, str]] = {socket.AF_INET: "0.0.0.0", socket.AF_INET6: "::"}
 LOOPBACK: Final[dict[int, str]] = {socket.AF_INET: "127.0.0.1", socket.AF_INET6: "::1"}
+_TIMESPEC: Final = struct.Struct("@qq")
 
-#: ``(delivery time or 0.0, datagram, sender, destination)``.
-_Queued = tuple[float, bytes, tuple[str, int], tuple[str, int]]
+#: ``(delivery time or 0.0, datagram, sender, destination, arrival on the time.time() clock)``.
+_Queued = tuple[float, bytes, tuple[str, int], tuple[str, int], float]
 
 
 class MemorySocket:
@@ -52,6 +56,7 @@ class MemorySocket:
         "local",
         "peer",
         "proto",
+        "timestamps",
         "type",
     )
 
@@ -77,6 +82,9 @@ class MemorySocket:
         self._closed = False
         #: Datagrams dropped because the queue was full (the "kernel" drops).
         self.drops = 0
+        #: Whether ``recvmsg`` reports arrival times (``SO_TIMESTAMPNS``), for an endpoint
+        #: opened with ``receive_metadata=True``.
+        self.timestamps = False
 
     def __repr__(self) -> str:
         return f"<MemorySocket {self.local!r}>"
@@ -96,7 +104,10 @@ class MemorySocket:
         if len(queue) >= self._queue_size:
             self.drops += 1
             return False
-        item = (deliver_at, data, sender, destination)
+        arrival = time.time()
+        if deliver_at:  # a delayed datagram arrives when its delivery time comes
+            arrival += deliver_at - anyio.current_time()
+        item = (deliver_at, data, sender, destination, arrival)
         if index:
             queue.insert(len(queue) - index, item)
         else:
@@ -151,8 +162,8 @@ class MemorySocket:
             raise OSError(errno.EBADF, "closed")
         queue = self._queue
         if queue and (any_time or not queue[0][0] or queue[0][0] <= anyio.current_time()):
-            deliver_at, data, sender, destination = queue.popleft()
-            return deliver_at, data[:bufsize], sender, destination
+            deliver_at, data, sender, destination, arrival = queue.popleft()
+            return deliver_at, data[:bufsize], sender, destination, arrival
         raise BlockingIOError(errno.EAGAIN, "nothing to receive")
 
     def recv(self, bufsize: int, flags: int = 0, /) -> bytes:
@@ -161,7 +172,7 @@ class MemorySocket:
         return self._take(bufsize, any_time=bool(flags & socket.MSG_DONTWAIT))[1]
 
     def recvfrom(self, bufsize: int, flags: int = 0, /) -> tuple[bytes, Any]:
-        _, data, sender, _ = self._take(bufsize)
+        _, data, sender, _, _ = self._take(bufsize)
         return data, sender
 
     def recvmsg(
@@ -169,8 +180,15 @@ class MemorySocket:
     ) -> tuple[bytes, list[tuple[int, int, bytes]], int, Any]:
         if flags & socket.MSG_ERRQUEUE:
             raise BlockingIOError(errno.EAGAIN, "no ICMP errors on a memory network")
-        _, data, sender, destination = self._take(bufsize)
-        return data, _pktinfo(self.family, destination[0]), 0, sender
+        _, data, sender, destination, arrival = self._take(bufsize)
+        ancillary = _pktinfo(self.family, destination[0])
+        if self.timestamps:
+            seconds = math.floor(arrival)
+            nanoseconds = min(round((arrival - seconds) * 1e9), 999_999_999)
+            ancillary.append(
+                (socket.SOL_SOCKET, SO_TIMESTAMPNS, _TIMESPEC.pack(seconds, nanoseconds))
+            )
+        return data, ancillary, 0, sender
 
     def send(self, data: bytes, flags: int = 0, /) -> int:
         return self.sendto(data, self.peer)
