@@ -231,6 +231,20 @@ async def test_answers_a_request_and_ignores_the_rest(family_host: tuple[int, st
     assert (stats.datagrams_received, stats.datagrams_sent) == (5, 1)
 
 
+@needs_metadata
+async def test_on_a_wildcard_the_reply_comes_from_the_address_asked() -> None:
+    # Every 127.x.y.z is this host's; a connected socket takes datagrams only from its peer.
+    server = sntp.make_server("0.0.0.0", 0, INFO, quiet=True)
+    async with server.serving() as addresses:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.setblocking(False)
+            sock.connect(("127.0.0.2", addresses[0][1]))
+            sock.send(request_packet(42))
+            with anyio.fail_after(5):
+                await anyio.wait_readable(sock)
+            assert decode(sock.recv(1024)).originate == 42
+
+
 #: How long the test holds the server's event loop after its request reached the kernel.
 HOLD: Final = 0.05
 
