@@ -2,12 +2,13 @@
 
 A time server's answer carries two readings of its own clock: when the request arrived
 (*receive*) and when the reply left (*transmit*). The client subtracts the time the server held
-the request from the round trip, so every microsecond between the datagram's arrival and the
-moment a handler reads the clock is an error in the client's offset, and on a busy event loop
-that can be milliseconds. This server asks the kernel to stamp every datagram as it arrives
-(``DatagramServer(..., receive_metadata=True)``, ``SO_TIMESTAMPNS`` on Linux) and sends that
-stamp, :attr:`request.metadata.timestamp <anydgram.DatagramMetadata.timestamp>`, as the
-receive time; only the transmit time is read in the handler, just before the reply is built.
+the request from the round trip, so a receive time read late, by a handler that ran some time
+after the datagram arrived, is wrong by that delay, and so is the round trip the client works
+out; its offset is wrong by half of it. On a busy event loop that can be milliseconds. This
+server asks the kernel to stamp every datagram as it arrives (``DatagramServer(...,
+receive_metadata=True)``, ``SO_TIMESTAMPNS`` on Linux) and sends that stamp,
+:attr:`request.metadata.timestamp <anydgram.DatagramMetadata.timestamp>`, as the receive time;
+only the transmit time is read in the handler, just before the reply is built.
 
 What it answers:
 
