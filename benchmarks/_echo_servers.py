@@ -168,6 +168,8 @@ _TYPED = False
 #: ``--metrics-port``: the anydgram server registers itself with ``anydgram.metrics`` and
 #: prometheus_client serves ``/metrics`` on this TCP port of 127.0.0.1 (``None``: no metrics).
 _METRICS_PORT: int | None = None
+#: Whether the ``DatagramServer`` rows ask for receive metadata (``anydgram-server-metadata``).
+_RECEIVE_METADATA = False
 
 
 def _protocol(json: bool) -> Any:
@@ -216,7 +218,12 @@ async def serve_anydgram_server(
         await request.respond(request.packet)
 
     server = anydgram.DatagramServer(
-        LOOPBACK, 0, handler, protocol=_protocol(json), recv_buffer_size=RECV_BUFFER
+        LOOPBACK,
+        0,
+        handler,
+        protocol=_protocol(json),
+        recv_buffer_size=RECV_BUFFER,
+        receive_metadata=_RECEIVE_METADATA,
     )
     if _METRICS_PORT is not None:
         # As docs/operating.md shows it: the default registry (with prometheus_client's process
@@ -257,6 +264,15 @@ async def serve_anydgram_server_unbatched(
     await serve_anydgram_server(json, task_status=task_status)
 
 
+async def serve_anydgram_server_metadata(
+    json: bool, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED
+) -> None:
+    """``anydgram-server`` with ``receive_metadata=True``: what asking for metadata costs."""
+    global _RECEIVE_METADATA
+    _RECEIVE_METADATA = True
+    await serve_anydgram_server(json, task_status=task_status)
+
+
 ASYNC_SERVERS: dict[str, AsyncServe] = {
     "asyncio-protocol": serve_asyncio_protocol,
     "anyio-udp": serve_anyio_udp,
@@ -266,6 +282,7 @@ ASYNC_SERVERS: dict[str, AsyncServe] = {
     "anydgram-server": serve_anydgram_server,
     "anydgram-server-return": serve_anydgram_server_returning,
     "anydgram-server-unbatched": serve_anydgram_server_unbatched,
+    "anydgram-server-metadata": serve_anydgram_server_metadata,
 }
 KINDS = ("raw", "raw-mmsg", *ASYNC_SERVERS)
 BACKENDS = ("blocking", "asyncio", "uvloop", "trio")

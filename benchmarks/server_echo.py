@@ -151,6 +151,17 @@ SERVERS: dict[str, ServerKind] = {
         quick=("asyncio",),
         throughput_only=True,
     ),
+    # The bytes row again with receive_metadata=True: the handler never reads request.metadata,
+    # so this is what asking for it costs (DESIGN.md: at most 15% more CPU per datagram).
+    "anydgram-server-metadata": ServerKind(
+        "anydgram DatagramServer (bytes, receive_metadata=True)",
+        "anydgram-server-metadata",
+        BACKENDS,
+        "anydgram",
+        requires="anydgram.DatagramMetadata",
+        quick=("asyncio",),
+        throughput_only=True,
+    ),
     "anydgram-server-json": ServerKind(
         "anydgram DatagramServer (JSON)",
         "anydgram-server",
@@ -441,6 +452,55 @@ def render_load(results: Results, load: Load) -> str:
     return "\n".join([f"#### {load} ({load.purpose})", "", markdown_table(headers, lines)])
 
 
+#: Rows set against PLAIN for what one option costs: kind -> (table title, column, the limit).
+OVERHEAD_ROWS = {"anydgram-server-metadata": ("Asking for receive metadata", "metadata", 1.15)}
+
+
+def render_overheads(results: Results, plan: Plan) -> str | None:
+    """The metadata row against the plain bytes row: the CPU per datagram the option costs."""
+    lines = []
+    for row in results:
+        plain = Row(PLAIN, row.backend)
+        if row.kind not in OVERHEAD_ROWS or plain not in results:
+            continue
+        _, _, limit = OVERHEAD_ROWS[row.kind]
+        for load in plan.loads_for(SERVERS[row.kind]):
+            rounds = _load_rounds(results, row, load)
+            base = _load_rounds(results, plain, load)
+            if rounds is None or base is None:
+                continue
+            cpu = _metric(rounds, "server_cpu_us_per_datagram")
+            base_cpu = _metric(base, "server_cpu_us_per_datagram")
+            ratio = Summary.of(paired_ratios(cpu, base_cpu))
+            verdict = "-" if math.isnan(ratio.median) else "yes" if ratio.median <= limit else "no"
+            lines.append(
+                [
+                    row.kind,
+                    row.backend,
+                    str(load),
+                    Summary.of(base_cpu).format(".2f"),
+                    Summary.of(cpu).format(".2f"),
+                    ratio.format(".3f", "x"),
+                    f"<= {limit:g}x: {verdict}",
+                ]
+            )
+    if not lines:
+        return None
+    headers = ["row", "backend", "load", "plain CPU us/dgram", "CPU us/dgram", "CPU x plain", ""]
+    return "\n".join(
+        [
+            "#### What an option costs",
+            "",
+            "The bytes `DatagramServer` with one option set (`anydgram-server-metadata`: "
+            "`receive_metadata=True`, a handler that never reads `request.metadata`) against "
+            "the plain bytes row; `CPU x plain` is the per-round ratio of server CPU per "
+            "datagram in the same round and backend.",
+            "",
+            markdown_table(headers, lines),
+        ]
+    )
+
+
 def render_scraping(results: Results, plan: Plan) -> str | None:
     """The scraped rows against the same server unscraped: what serving /metrics costs."""
     lines = []
@@ -624,6 +684,9 @@ def render(results: Results, plan: Plan, skipped: Sequence[str]) -> str:
     scraping = render_scraping(results, plan)
     if scraping:
         out += ["", scraping]
+    overheads = render_overheads(results, plan)
+    if overheads:
+        out += ["", overheads]
     contract = render_contract(results, plan)
     if contract:
         out += ["", contract]

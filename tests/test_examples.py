@@ -273,6 +273,39 @@ def test_pinger_against_the_lossy_server() -> None:
         assert int(answered[2]) > 0
 
 
+# -- latency probe -----------------------------------------------------------------------------
+
+_PROBE = re.compile(
+    r"seq=(\d+) rtt=([\d.]+) ms wakeup=([\d.]+) ms out=([\d.]+) ms hold=([\d.]+) ms "
+    r"back=([\d.]+) ms ttl=(\d+) tos=0x([0-9a-f]{2}) ecn=(\d)"
+)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="kernel timestamps: Linux")
+def test_latency_probe_splits_round_trips_with_kernel_timestamps() -> None:
+    with ExampleProcess("latency_probe.py", "reflect", "--port", "0", "--backend", "trio") as rx:
+        _, port = rx.address()
+        result = run_example(
+            "latency_probe.py",
+            "probe",
+            *("--port", str(port), "--count", "5", "--interval", "0", "--tos", "0xb9"),
+            *("--backend", "uvloop"),
+        )
+        assert result.returncode == 0, result.stderr
+        probes = _PROBE.findall(result.stdout)
+        with open("/proc/sys/net/ipv4/ip_default_ttl") as default:
+            default_ttl = int(default.read())
+        assert [int(p[0]) for p in probes] == list(range(5)), result.stdout
+        for _, rtt, wakeup, out, hold, back, ttl, tos, ecn in probes:
+            # Every part of a round trip is there and none is longer than the whole.
+            assert all(0 <= float(part) <= float(rtt) + 1 for part in (out, hold, back))
+            assert float(wakeup) >= 0
+            assert (int(ttl), int(tos, 16), int(ecn)) == (default_ttl, 0xB9, 1)  # as it was sent
+        assert "5 probes, 5 replies" in result.stdout
+        assert re.search(r"^rtt min/median/max = [\d.]+/[\d.]+/[\d.]+ ms$", result.stdout, re.M)
+        assert rx.stop() == 0, rx.stderr()
+
+
 # -- syslog ------------------------------------------------------------------------------------
 
 

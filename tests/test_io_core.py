@@ -117,7 +117,11 @@ def test_receive_takes_what_waits_and_counts_it() -> None:
     sock.incoming.extend([b"one", b"", b"three"])
     tally = Tally()
     batch = _core(sock).receive(MAX_BATCH, tally)
-    assert batch == [(b"one", _PEER, None, None), (b"", _PEER, None, None), (b"three", _PEER, None, None)]
+    assert batch == [
+        (b"one", _PEER, None, None),
+        (b"", _PEER, None, None),
+        (b"three", _PEER, None, None),
+    ]
     assert (tally.datagrams_received, tally.bytes_received) == (3, 8)
     assert _core(sock).receive(MAX_BATCH, tally) == []  # EAGAIN: empty, no error
 

@@ -13,21 +13,29 @@ from __future__ import annotations
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, assert_type
 
 import anyio
 import pytest
 
 import anydgram
-from anydgram import DatagramMetadata, DatagramRequest, DatagramServer
+from anydgram import (
+    Address,
+    DatagramMetadata,
+    DatagramRequest,
+    DatagramServer,
+    _metadata,
+    _pktinfo,
+)
 from anydgram._gro import RecvGro
 from anydgram._io_core import SocketCore
 from anydgram._mmsg import RecvMmsg
 from anydgram._mmsg import available as mmsg_available
 from anydgram._pktinfo import RecvPktinfo
-from batch_harness import core_of, gro_refused
+from anydgram.testing import MemoryNetwork
+from batch_harness import core_of, gro_refused, port_of
 from endpoint_harness import has_ipv6_loopback
 
 pytestmark = pytest.mark.skipif(
@@ -43,10 +51,11 @@ _TTL = 7
 
 
 @contextmanager
-def sender(family: int, *, ttl: int = _TTL, tos: int | None = _TOS) -> Iterator[socket.socket]:
+def sender(family: int, *, ttl: int = _TTL, tos: int | None = _TOS) -> Generator[socket.socket]:
     """A plain UDP socket that sends with the given TTL (hop limit) and TOS (traffic class)."""
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
+        sock.bind(("127.0.0.1" if family == socket.AF_INET else "::1", 0))
         if family == socket.AF_INET:
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
             if tos is not None:
@@ -95,11 +104,13 @@ async def test_endpoint_reports_every_field(
         assert isinstance(strategy_of(core_of(endpoint)), RecvPktinfo)
         with sender(family) as peer:
             start = time.time()
-            peer.sendto(b"ping", local[:2])
+            peer.sendto(b"ping", (host, port_of(endpoint)))
             with anyio.fail_after(5):
-                packet, address, metadata = await endpoint.recv_packet_with_metadata()
+                received = await endpoint.recv_packet_with_metadata()
             end = time.time()
-            assert (packet, address[1]) == (b"ping", peer.getsockname()[1])
+            assert_type(received, tuple[bytes, Address, DatagramMetadata])
+            packet, address, metadata = received
+            assert (packet, address) == (b"ping", peer.getsockname())
         check(metadata, (start, end), local)
         assert endpoint.statistics().metadata_truncated == 0
 
@@ -111,7 +122,10 @@ async def test_client_reports_every_field_and_tos_sets_the_byte(
     async with (
         await anydgram.open_udp_endpoint(host, 0, receive_metadata=True) as server,
         await anydgram.connect_udp(
-            host, server.local_address[1], receive_metadata=True, tos=_TOS  # type: ignore[index]
+            host,
+            port_of(server),
+            receive_metadata=True,
+            tos=_TOS,
         ) as client,
     ):
         hops = (socket.IPPROTO_IP, socket.IP_TTL)
@@ -126,7 +140,9 @@ async def test_client_reports_every_field_and_tos_sets_the_byte(
         start = time.time()
         await server.send_packet(b"back", address)
         with anyio.fail_after(5):
-            packet, reply = await client.recv_packet_with_metadata()
+            answer = await client.recv_packet_with_metadata()
+        assert_type(answer, tuple[bytes, DatagramMetadata])
+        packet, reply = answer
         assert packet == b"back"
         assert reply.local_address == client.local_address
         assert reply.timestamp is not None
@@ -137,7 +153,7 @@ async def test_client_reports_every_field_and_tos_sets_the_byte(
 
 async def test_wildcard_bind_tells_the_destination(anyio_backend: Any) -> None:
     async with await anydgram.open_udp_endpoint(None, 0, receive_metadata=True) as endpoint:
-        port = endpoint.local_address[1]  # type: ignore[index]
+        port = port_of(endpoint)
         for destination in ("127.0.0.1", "127.0.0.2"):
             with sender(socket.AF_INET) as peer:
                 start = time.time()
@@ -153,7 +169,7 @@ async def test_ipv6_wildcard_bind_tells_the_destination(anyio_backend: Any) -> N
     async with await anydgram.open_udp_endpoint(
         None, 0, family=socket.AF_INET6, receive_metadata=True
     ) as endpoint:
-        port = endpoint.local_address[1]  # type: ignore[index]
+        port = port_of(endpoint)
         with sender(socket.AF_INET6) as peer:
             start = time.time()
             peer.sendto(b"six", ("::1", port))
@@ -166,7 +182,7 @@ async def test_ipv6_wildcard_bind_tells_the_destination(anyio_backend: Any) -> N
 async def test_dual_stack_socket_reports_ipv4_mapped_destinations(anyio_backend: Any) -> None:
     sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-    anydgram._metadata.enable_metadata(sock)
+    _metadata.enable_metadata(sock)
     sock.bind(("::", 0))
     port = sock.getsockname()[1]
     async with anydgram.DatagramEndpoint._adopt(sock, None, metadata=True) as endpoint:
@@ -176,7 +192,7 @@ async def test_dual_stack_socket_reports_ipv4_mapped_destinations(anyio_backend:
                 peer.sendto(b"four", (destination, port))
                 with anyio.fail_after(5):
                     _, address, metadata = await endpoint.recv_packet_with_metadata()
-            assert address[0] == "::ffff:127.0.0.1"
+                assert address == ("::ffff:127.0.0.1", peer.getsockname()[1], 0, 0)
             check(metadata, (start, time.time()), (f"::ffff:{destination}", port, 0, 0))
 
 
@@ -186,19 +202,18 @@ async def test_without_receive_metadata_the_call_is_refused(
     async with await anydgram.open_udp_endpoint("127.0.0.1", 0) as endpoint:
         with pytest.raises(ValueError, match="receive_metadata=True"):
             await endpoint.recv_packet_with_metadata()
-        async with await anydgram.connect_udp(
-            "127.0.0.1",
-            endpoint.local_address[1],  # type: ignore[index]
-        ) as client:
+        async with await anydgram.connect_udp("127.0.0.1", port_of(endpoint)) as client:
             with pytest.raises(ValueError, match="receive_metadata=True"):
                 await client.recv_packet_with_metadata()
     path = str(tmp_path / "unix.sock")
     async with await anydgram.open_unix_datagram_endpoint(path) as unix:
         with pytest.raises(ValueError, match="receive_metadata=True"):
             await unix.recv_packet_with_metadata()
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        with pytest.raises(ValueError, match="UDP"):
-            anydgram._metadata.enable_metadata(sock)
+    with (
+        socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock,
+        pytest.raises(ValueError, match="UDP"),
+    ):
+        _metadata.enable_metadata(sock)
 
 
 @pytest.mark.parametrize(("tos", "error"), [("1", TypeError), (True, TypeError), (256, ValueError)])
@@ -218,7 +233,7 @@ async def test_truncated_control_area_is_counted_and_the_datagram_delivered(
     anyio_backend: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Room for the timestamp only (the kernel writes it first): the rest is cut off.
-    monkeypatch.setattr(anydgram._pktinfo, "CONTROL_SIZE", socket.CMSG_SPACE(16))
+    monkeypatch.setattr(_pktinfo, "CONTROL_SIZE", socket.CMSG_SPACE(16))
     async with await anydgram.open_udp_endpoint("127.0.0.1", 0, receive_metadata=True) as endpoint:
         with sender(socket.AF_INET) as peer:
             start = time.time()
@@ -243,11 +258,11 @@ async def _record(request: DatagramRequest[bytes, bytes]) -> bytes:
 
 
 async def _serve_and_send(
-    host: str | None, destinations: list[tuple[int, str]], **options: Any
+    host: str | None, destinations: Sequence[tuple[int, str]], **options: Any
 ) -> list[tuple[DatagramMetadata | None, tuple[float, float], int]]:
     """Serve with ``_record``; send one datagram to each destination and wait for its echo."""
     _seen.clear()
-    results = []
+    results: list[tuple[DatagramMetadata | None, tuple[float, float], int]] = []
     server = DatagramServer(host, 0, _record, **options)
     async with server.serving(grace_period=1.0) as addresses:
         port = addresses[0][1]
@@ -326,9 +341,7 @@ async def test_server_without_receive_metadata_gives_none(anyio_backend: Any) ->
 async def test_server_tos_marks_its_replies(anyio_backend: Any) -> None:
     async with (
         DatagramServer("127.0.0.1", 0, _record, tos=0x2A).serving(grace_period=1.0) as addresses,
-        await anydgram.connect_udp(
-            "127.0.0.1", addresses[0][1], receive_metadata=True
-        ) as client,
+        await anydgram.connect_udp("127.0.0.1", addresses[0][1], receive_metadata=True) as client,
     ):
         await client.send_packet(b"mark me")
         with anyio.fail_after(5):
@@ -336,7 +349,7 @@ async def test_server_tos_marks_its_replies(anyio_backend: Any) -> None:
         assert (metadata.tos, metadata.ecn) == (0x2A, 2)
 
 
-# -- GRO: one metadata for every datagram of a coalesced buffer ------------------------------------
+# -- GRO: one metadata for every datagram of a coalesced buffer -----------------------------------
 
 
 async def test_gro_segments_share_their_buffers_metadata(anyio_backend: Any) -> None:
@@ -346,7 +359,7 @@ async def test_gro_segments_share_their_buffers_metadata(anyio_backend: Any) -> 
         await anydgram.open_udp_endpoint("127.0.0.1", 0, receive_metadata=True) as endpoint,
         await anydgram.connect_udp(
             "127.0.0.1",
-            endpoint.local_address[1],  # type: ignore[index]
+            port_of(endpoint),
             tos=_TOS,
         ) as client,
     ):
@@ -358,7 +371,7 @@ async def test_gro_segments_share_their_buffers_metadata(anyio_backend: Any) -> 
             pytest.skip("recv_packets did not choose UDP_GRO (ANYDGRAM_BATCHED_SYSCALLS=0?)")
         start = time.time()
         await client.send_packets([bytes([i]) * 100 for i in range(8)])  # one GSO send
-        got = []
+        got: list[tuple[bytes, Any, DatagramMetadata]] = []
         with anyio.fail_after(5):
             while len(got) < 8:
                 got.append(await endpoint.recv_packet_with_metadata())
@@ -373,7 +386,7 @@ async def test_gro_segments_share_their_buffers_metadata(anyio_backend: Any) -> 
 
 
 async def test_memory_network_fills_timestamp_and_destination(anyio_backend: Any) -> None:
-    net = anydgram.testing.MemoryNetwork()
+    net = MemoryNetwork()
     async with (
         await anydgram.open_udp_endpoint("0.0.0.0", 5000, network=net, receive_metadata=True) as ep,
         await anydgram.connect_udp("127.0.0.1", 5000, network=net, receive_metadata=True) as c,

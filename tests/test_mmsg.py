@@ -365,7 +365,7 @@ def test_decode_sockaddr() -> None:
 
 
 def test_server_socket_io_choice(monkeypatch: pytest.MonkeyPatch) -> None:
-    def kind(sock: socket.socket, **options: Any) -> type[object]:
+    def kind(sock: socket.socket, **options: Any) -> object:
         with sock:
             return server_strategy(sock, **options)
 
@@ -378,6 +378,10 @@ def test_server_socket_io_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     assert kind(udp(), pktinfo=False, batched=True) is fast
     assert kind(udp(), pktinfo=False, batched=False) is RecvFrom
     assert kind(udp(), pktinfo=True) is RecvPktinfo
+    # With metadata the portable path is recvmsg, which keeps the control messages.
+    assert kind(udp(), pktinfo=False, batched=False, metadata=True) == (
+        RecvPktinfo.without_reply_sources
+    )
     monkeypatch.setenv(_mmsg.ENV_SWITCH, "0")
     assert kind(udp(), pktinfo=False) is RecvFrom
     assert kind(udp(), pktinfo=False, batched=True) is fast

@@ -87,3 +87,21 @@ def test_import_does_not_load_multiprocessing() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_datagram_metadata_is_the_frozen_dataclass_design_md_names() -> None:
+    import dataclasses
+
+    metadata = anydgram.DatagramMetadata()
+    assert dataclasses.is_dataclass(metadata)
+    assert [field.name for field in dataclasses.fields(metadata)] == [
+        "timestamp",
+        "ttl",
+        "tos",
+        "ecn",
+        "local_address",
+    ]
+    assert dataclasses.astuple(metadata) == (None,) * 5  # a field the platform cannot give
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        metadata.ttl = 1  # type: ignore[misc]
+    assert anydgram.DatagramMetadata.__module__ == "anydgram"

@@ -188,6 +188,8 @@ class SocketCore:
         self.metadata: MetadataParser | None = None
         if metadata:
             # (The strategy must be one that keeps control messages: RecvPktinfo, RecvMmsg.)
+            if sock.family not in FAMILY_LIMITS:
+                raise ValueError("receive metadata needs a UDP (IPv4 or IPv6) socket")
             self.metadata = MetadataParser(sock.family, sock.getsockname()[1])
         #: ``receive(max_count, tally) -> list[Received]``, the strategy's, bound once.
         chosen = RecvFrom(self) if strategy is None else strategy(self)

@@ -300,7 +300,7 @@ def _run_endpoint(
             for datagram in datagrams[start : start + SEND_CHUNK]:
                 sender.send(datagram)
             while batch := io.receive_nowait(1):
-                data, address, _ = batch[0]
+                data, address, _, _ = batch[0]
                 assert address == sender_address
                 received.append(data)
                 outcome = _expected_outcome(protocol, data)
