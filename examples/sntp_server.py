@@ -190,8 +190,42 @@ def format_address(address: Any) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+class RequestLog:
+    """A line per request, printed by a task of its own, so that writing one never delays a reply.
+
+    A reply a handler returns leaves after the handler does (on Linux with the rest of its
+    batch), and the transmit timestamp in it is read before: a print in the handler, a system
+    call of its own, would fall between the two (some 20 microseconds on loopback) and be an
+    error in every client's offset. Lines that find the buffer full are dropped and counted:
+    under a flood the replies matter more than the log.
+    """
+
+    def __init__(self, max_lines: int = 1024) -> None:
+        self._send, self._receive = anyio.create_memory_object_stream[str](max_lines)
+        self.dropped = 0
+
+    def write(self, line: str) -> None:
+        """Queue ``line`` for printing, without waiting; drop it if the queue is full."""
+        try:
+            self._send.send_nowait(line)
+        except anyio.WouldBlock:
+            self.dropped += 1
+
+    def close(self) -> None:
+        """No more lines: :meth:`print_lines` prints those queued, then ends."""
+        self._send.close()
+
+    async def print_lines(self) -> None:
+        """Print the lines as they come until :meth:`close`, then how many were dropped."""
+        async with self._receive:
+            async for line in self._receive:
+                print(line, flush=True)
+        if self.dropped:
+            print(f"{self.dropped} request lines dropped: printing fell behind", flush=True)
+
+
 def make_server(
-    host: str, port: int, info: ServerInfo, *, quiet: bool = False
+    host: str, port: int, info: ServerInfo, log: RequestLog | None = None
 ) -> DatagramServer[bytes, bytes]:
     """A server answering SNTP on ``host``:``port`` with kernel receive timestamps."""
 
@@ -202,7 +236,7 @@ def make_server(
         # best there is; it is late by however long the datagram waited for the handler.
         received = time.time() if stamped is None else stamped
         reply, description = answer_untrusted(request.packet, info, received)
-        if not quiet:
+        if log is not None:
             if reply is None:
                 note = ""
             elif stamped is None:
@@ -210,13 +244,13 @@ def make_server(
             else:
                 held = (time.time() - stamped) * 1000
                 note = f": answered {held:.3f} ms after the kernel received it"
-            print(f"{format_address(request.address)} {description}{note}", flush=True)
+            log.write(f"{format_address(request.address)} {description}{note}")
         return reply
 
     return DatagramServer(host, port, handler, receive_metadata=True)
 
 
-async def serve(server: DatagramServer[bytes, bytes]) -> None:
+async def serve(server: DatagramServer[bytes, bytes], log: RequestLog | None) -> None:
     """Serve until SIGINT or SIGTERM, printing the bound address first.
 
     Raises:
@@ -225,8 +259,14 @@ async def serve(server: DatagramServer[bytes, bytes]) -> None:
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with server.serving(grace_period=1.0) as addresses:
             print("listening on", ", ".join(map(format_address, addresses)), flush=True)
-            async for _ in signals:
-                break
+            async with anyio.create_task_group() as tg:
+                if log is not None:
+                    tg.start_soon(log.print_lines)
+                async for _ in signals:
+                    break
+                await server.shutdown(grace_period=1.0)
+                if log is not None:
+                    log.close()  # every handler has finished: the printer ends with the last line
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -262,11 +302,12 @@ def main(argv: list[str] | None = None) -> None:
         leap=LEAP_UNSYNCHRONIZED if args.unsynchronized else LEAP_NONE,
         reference_time=time.time(),
     )
-    server = make_server(args.host, args.port, info, quiet=args.quiet)
+    log = None if args.quiet else RequestLog()
+    server = make_server(args.host, args.port, info, log)
     backend = "asyncio" if args.backend == "uvloop" else args.backend
     options = {"use_uvloop": True} if args.backend == "uvloop" else {}
     try:
-        anyio.run(serve, server, backend=backend, backend_options=options)
+        anyio.run(serve, server, log, backend=backend, backend_options=options)
     except OSError as exc:  # the bind failed: say so in one line, not a traceback
         message = f"{parser.prog}: {exc.strerror or exc}"
         if exc.errno == EACCES:

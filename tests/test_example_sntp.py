@@ -209,7 +209,7 @@ def test_the_parser_never_raises_anything_else() -> None:
 @needs_metadata
 async def test_answers_a_request_and_ignores_the_rest(family_host: tuple[int, str]) -> None:
     family, host = family_host
-    server = sntp.make_server(host, 0, INFO, quiet=True)
+    server = sntp.make_server(host, 0, INFO)
     async with server.serving() as addresses:
         with socket.socket(family, socket.SOCK_DGRAM) as sock:
             sock.setblocking(False)
@@ -234,7 +234,7 @@ async def test_answers_a_request_and_ignores_the_rest(family_host: tuple[int, st
 @needs_metadata
 async def test_on_a_wildcard_the_reply_comes_from_the_address_asked() -> None:
     # Every 127.x.y.z is this host's; a connected socket takes datagrams only from its peer.
-    server = sntp.make_server("0.0.0.0", 0, INFO, quiet=True)
+    server = sntp.make_server("0.0.0.0", 0, INFO)
     async with server.serving() as addresses:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             sock.setblocking(False)
@@ -252,7 +252,7 @@ HOLD: Final = 0.05
 @needs_metadata
 async def test_the_receive_time_is_the_kernel_s(family_host: tuple[int, str]) -> None:
     family, host = family_host
-    server = sntp.make_server(host, 0, INFO, quiet=True)
+    server = sntp.make_server(host, 0, INFO)
     async with server.serving() as addresses:
         with socket.socket(family, socket.SOCK_DGRAM) as sock:
             sock.setblocking(False)
@@ -273,6 +273,18 @@ async def test_the_receive_time_is_the_kernel_s(family_host: tuple[int, str]) ->
     assert sent - 1e-6 <= receive < released_at - HOLD / 2, (sent, receive, released_at)
     assert transmit >= released_at - 1e-6
     assert got.originate == to_ntp(sent)
+
+
+async def test_the_request_log_drops_what_does_not_fit_and_says_so(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    log = sntp.RequestLog(max_lines=2)
+    for line in ("one", "two", "three"):
+        log.write(line)  # never waits: the handler writing it has a reply to send
+    log.close()
+    with anyio.fail_after(5):
+        await log.print_lines()
+    assert capsys.readouterr().out == "one\ntwo\n1 request lines dropped: printing fell behind\n"
 
 
 # -- the program -------------------------------------------------------------------------------
