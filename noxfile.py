@@ -40,9 +40,10 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session
 def examples(session: nox.Session) -> None:
-    """Type-check the examples, then run each against its real peers (TFTP clients, dnsperf, nginx).
+    """Type-check the examples, then run each against its real peers (TFTP clients, sntp, ...).
 
-    The TFTP test across a lossy link needs root (it builds network namespaces); it skips,
+    The TFTP test across a lossy link and the sntp tests (sntp asks port 123 only, so the
+    server runs in a namespace of its own) need root to build network namespaces; they skip,
     saying so, without.
     """
     session.install("-e", ".[test,dev]")
@@ -52,6 +53,7 @@ def examples(session: nox.Session) -> None:
         "pytest",
         "tests/test_examples.py",
         "tests/test_example_tftp.py",
+        "tests/test_example_sntp.py",
         "tests/test_dns_dnsperf.py",
         "tests/test_nginx.py",
         *session.posargs,
