@@ -207,7 +207,7 @@ async def test_without_receive_metadata_the_call_is_refused(
                 await client.recv_packet_with_metadata()
     path = str(tmp_path / "unix.sock")
     async with await anydgram.open_unix_datagram_endpoint(path) as unix:
-        with pytest.raises(ValueError, match="receive_metadata=True"):
+        with pytest.raises(ValueError, match="carry no receive metadata"):
             await unix.recv_packet_with_metadata()
     with (
         socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock,

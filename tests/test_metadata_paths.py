@@ -298,7 +298,7 @@ async def test_truncation_is_counted_on_the_gro_path(
     if reason := gro_refused(socket.AF_INET):
         pytest.skip(reason)
     monkeypatch.delenv("ANYDGRAM_BATCHED_SYSCALLS", raising=False)
-    monkeypatch.setattr(_gro, "CONTROL_SIZE", socket.CMSG_SPACE(16))
+    monkeypatch.setattr(_gro, "GRO_CONTROL_SIZE", socket.CMSG_SPACE(16))
     async with await anydgram.open_udp_endpoint("127.0.0.1", 0, receive_metadata=True) as endpoint:
         with sender(socket.AF_INET) as peer:
             peer.sendto(b"one", endpoint.local_address)  # type: ignore[arg-type]
@@ -311,3 +311,80 @@ async def test_truncation_is_counted_on_the_gro_path(
         assert metadata.timestamp is not None
         assert metadata.ttl is None
         assert endpoint.statistics().metadata_truncated >= 1
+
+
+# -- found in review: shapes, messages, 32-bit timestamps, truncation on GRO ------------------
+
+
+async def test_the_memory_networks_ipv6_local_address_has_its_own_shape(anyio_backend: Any) -> None:
+    from anydgram.testing import MemoryNetwork
+
+    net = MemoryNetwork()
+    async with (
+        await anydgram.open_udp_endpoint("::1", 5000, network=net, receive_metadata=True) as ep,
+        await anydgram.connect_udp("::1", 5000, network=net) as client,
+    ):
+        await client.send_packet(b"x")
+        with anyio.fail_after(5):
+            _, sender_address, metadata = await ep.recv_packet_with_metadata()
+        local = ep.local_address
+    # The memory network writes IPv6 addresses as (host, port), like its senders' addresses.
+    assert metadata.local_address == local == ("::1", 5000)
+    assert isinstance(sender_address, tuple)
+    assert len(sender_address) == 2
+
+
+async def test_a_unix_socket_says_it_has_no_metadata(
+    anyio_backend: Any, tmp_path: pathlib.Path
+) -> None:
+    async with await anydgram.open_unix_datagram_endpoint(str(tmp_path / "u")) as endpoint:
+        with pytest.raises(
+            ValueError, match="Unix datagram socket: they carry no receive metadata"
+        ):
+            await endpoint.recv_packet_with_metadata()
+    with (
+        anydgram.SyncDatagramEndpoint.from_socket(
+            socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        ) as blocking,
+        pytest.raises(ValueError, match="Unix datagram socket"),
+    ):
+        blocking.recv_packet_with_metadata(timeout=0)
+
+
+def test_a_32_bit_timespec_is_read() -> None:
+    # On 32-bit Linux SCM_TIMESTAMPNS carries two 32-bit longs (8 bytes), not 16.
+    parser = MetadataParser(socket.AF_INET, 1)
+    for raw in (
+        struct.pack("@ii", 1_700_000_000, 500_000_000),
+        struct.pack("@qq", 1_700_000_000, 500_000_000),
+    ):
+        metadata = parser.parse([(socket.SOL_SOCKET, SO_TIMESTAMPNS, raw)])
+        assert metadata.timestamp == 1_700_000_000.5
+    assert parser.parse([(socket.SOL_SOCKET, SO_TIMESTAMPNS, b"short")]).timestamp is None
+
+
+async def test_a_truncated_gro_buffer_counts_each_of_its_datagrams(
+    anyio_backend: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if reason := gro_refused(socket.AF_INET):
+        pytest.skip(reason)
+    monkeypatch.delenv("ANYDGRAM_BATCHED_SYSCALLS", raising=False)
+    # Room for the timestamp and the segment size that follows it, not for the IP messages.
+    room = socket.CMSG_SPACE(16) + socket.CMSG_SPACE(4)
+    monkeypatch.setattr(_gro, "GRO_CONTROL_SIZE", room)
+    async with await anydgram.open_udp_endpoint("127.0.0.1", 0, receive_metadata=True) as endpoint:
+        client = await anydgram.connect_udp("127.0.0.1", port_of(endpoint))
+        async with client:
+            await client.send_packet(b"first")
+            with anyio.fail_after(5):
+                await endpoint.recv_packets()  # UDP_GRO chosen, with the small control area
+            before = endpoint.statistics().metadata_truncated
+            batch = [bytes([i]) * 100 for i in range(8)]
+            await client.send_packets(batch)  # one GSO send: one buffer at the receiver
+            got: list[tuple[bytes, Any]] = []
+            with anyio.fail_after(5):
+                while len(got) < len(batch):
+                    got += await endpoint.recv_packets()
+            truncated = endpoint.statistics().metadata_truncated - before
+    assert [packet for packet, _ in got] == batch  # cut at the segment size that did arrive
+    assert truncated == len(batch)  # each datagram of the buffer, not the buffer once

@@ -20,7 +20,7 @@ from ._batches import family_limit
 from ._client_request import BUSY_ACTION, AsyncRequests, Match
 from ._errors import DatagramProtocolParseError, DatagramTooLargeError
 from ._io_core import Received
-from ._metadata import DatagramMetadata, MetadataParser
+from ._metadata import DatagramMetadata, MetadataParser, no_metadata_error
 from ._protocol import DatagramProtocol, RecvT, SendT, default_protocol
 from ._retry_schedule import AttemptSchedule
 from ._socket_io import SocketIO
@@ -309,7 +309,7 @@ class BaseEndpoint(TypedAttributeProvider, Generic[SendT, RecvT]):
     def _metadata_parser(self) -> MetadataParser:
         parser = self._io.core.metadata
         if parser is None:
-            raise ValueError(f"this {type(self).__name__} was opened without receive_metadata=True")
+            raise no_metadata_error(self, self._io.sock.family)
         return parser
 
     async def _receive_with_metadata(self) -> tuple[bytes, Address, DatagramMetadata]:

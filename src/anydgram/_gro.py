@@ -23,7 +23,7 @@ import anyio
 
 from ._compiled import speedups
 from ._io_core import MAX_BATCH, Received, SocketCore, Tally
-from ._metadata import CONTROL_SIZE, MSG_CTRUNC
+from ._metadata import MSG_CTRUNC
 
 __all__ = ("SOL_UDP", "UDP_GRO", "RecvGro", "enable_gro", "split_segments")
 
@@ -32,8 +32,11 @@ SOL_UDP: Final = 17
 UDP_GRO: Final = 104
 
 #: Room for the control messages of one receive: the UDP_GRO segment size (a cmsghdr and an
-#: int, 24 bytes on 64-bit Linux) with room to spare.
-_CONTROL_SIZE: Final = 64
+#: int, 24 bytes on 64-bit Linux), the metadata's when asked for (about 120 bytes), and
+#: whatever options a user set on the socket besides. One receive takes up to 64 KiB of
+#: datagrams, so a generous area costs next to nothing, and without the segment size a
+#: coalesced buffer could not be cut back into its datagrams.
+GRO_CONTROL_SIZE: Final = 1024
 #: The most one coalesced buffer holds: the IP packet's 64 KiB.
 _GRO_BUFFER: Final = 1 << 16
 
@@ -83,7 +86,7 @@ class RecvGro:
     def __init__(self, core: SocketCore) -> None:
         self._core = core
         self._metadata = core.metadata is not None
-        self._control_size = CONTROL_SIZE if self._metadata else _CONTROL_SIZE
+        self._control_size = GRO_CONTROL_SIZE
         #: Datagrams cut out of a buffer that the last call had no room for (counted); every
         #: receive takes them first, so they never wait for the socket to be readable.
         self._rest: list[Received] = []
@@ -116,13 +119,14 @@ class RecvGro:
             length = len(data)
             size = segment_size(ancillary) if ancillary else 0
             kept = ancillary if metadata else None
-            if metadata and flags & MSG_CTRUNC:
-                tally.metadata_truncated += 1
+            truncated = metadata and flags & MSG_CTRUNC
             if size <= 0 or size >= length:  # one datagram, not coalesced
                 if length > limit:
                     tally.oversize += 1
                     skipped += 1
                     continue
+                if truncated:
+                    tally.metadata_truncated += 1
                 batch.append((data, address, None, kept))
                 tally.datagrams_received += 1
                 tally.bytes_received += length
@@ -136,12 +140,16 @@ class RecvGro:
                     skipped += 1
                     continue
                 tally.oversize += count - 1
+                if truncated:
+                    tally.metadata_truncated += 1
                 batch.append((data[length - last :], address, None, kept))
                 tally.datagrams_received += 1
                 tally.bytes_received += last
                 continue
             # Every segment but the last is ``size`` long; the last may be shorter.
             batch += _split(data, size, (address, None, kept))
+            if truncated:  # every datagram of the buffer has the truncated metadata
+                tally.metadata_truncated += count
             tally.datagrams_received += count
             tally.bytes_received += length
         if len(batch) > max_count:  # a buffer held more than this call takes

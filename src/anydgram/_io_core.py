@@ -190,7 +190,8 @@ class SocketCore:
             # (The strategy must be one that keeps control messages: RecvPktinfo, RecvMmsg.)
             if sock.family not in FAMILY_LIMITS:
                 raise ValueError("receive metadata needs a UDP (IPv4 or IPv6) socket")
-            self.metadata = MetadataParser(sock.family, sock.getsockname()[1])
+            name = sock.getsockname()
+            self.metadata = MetadataParser(sock.family, name[1], short_ipv6=len(name) == 2)
         #: ``receive(max_count, tally) -> list[Received]``, the strategy's, bound once.
         chosen = RecvFrom(self) if strategy is None else strategy(self)
         self.receive: Callable[[int, Tally], list[Received]] = chosen.receive

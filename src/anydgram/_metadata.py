@@ -25,6 +25,7 @@ __all__ = (
     "MetadataParser",
     "check_tos",
     "enable_metadata",
+    "no_metadata_error",
     "set_tos",
 )
 
@@ -56,6 +57,7 @@ Ancillary = list[tuple[int, int, bytes]] | bytes
 _HEADER: Final = struct.Struct("@Nii")  # struct cmsghdr {size_t len; int level; int type}
 _ALIGN: Final = struct.calcsize("@N")
 _TIMESPEC: Final = struct.Struct("@qq")
+_TIMESPEC_ILP32: Final = struct.Struct("@ii")
 _INT: Final = struct.Struct("@i")
 _V4_MAPPED: Final = bytes(10) + b"\xff\xff"
 _CACHE_SIZE: Final = 256
@@ -119,6 +121,14 @@ def enable_metadata(sock: socket.socket) -> None:
             sock.setsockopt(level, option, 1)
 
 
+def no_metadata_error(owner: object, family: int) -> ValueError:
+    """The error for ``recv_packet_with_metadata()`` on ``owner``, which receives none."""
+    name = type(owner).__name__
+    if family == socket.AF_UNIX:
+        return ValueError(f"this {name} is a Unix datagram socket: they carry no receive metadata")
+    return ValueError(f"this {name} was opened without receive_metadata=True")
+
+
 def check_tos(tos: object) -> int | None:
     """``tos=``, checked: ``None`` or a byte.
 
@@ -179,11 +189,14 @@ class MetadataParser:
         port: The socket's port, the port of every ``local_address``.
     """
 
-    __slots__ = ("_addresses", "_family", "_port")
+    __slots__ = ("_addresses", "_family", "_port", "_short")
 
-    def __init__(self, family: int, port: int) -> None:
+    def __init__(self, family: int, port: int, *, short_ipv6: bool = False) -> None:
         self._family = family
         self._port = port
+        #: IPv6 addresses as ``(host, port)``, as the socket writes its own (the memory
+        #: network's do); a real IPv6 socket writes four items.
+        self._short = short_ipv6
         #: Destination addresses decoded, by their raw bytes (the host's own, so few).
         self._addresses: dict[bytes, Any] = {}
 
@@ -196,8 +209,10 @@ class MetadataParser:
         local = None
         for level, kind, data in messages:
             if level == socket.SOL_SOCKET:
-                if kind == SO_TIMESTAMPNS and len(data) >= _TIMESPEC.size:
-                    seconds, nanoseconds = _TIMESPEC.unpack_from(data)
+                if kind == SO_TIMESTAMPNS and len(data) >= _TIMESPEC_ILP32.size:
+                    # A timespec of two longs: 16 bytes on 64-bit Linux, 8 on 32-bit.
+                    layout = _TIMESPEC if len(data) >= _TIMESPEC.size else _TIMESPEC_ILP32
+                    seconds, nanoseconds = layout.unpack_from(data)
                     timestamp = seconds + nanoseconds * 1e-9
             elif level == socket.IPPROTO_IP:
                 if kind == IP_TTL and len(data) >= _INT.size:
@@ -225,12 +240,16 @@ class MetadataParser:
                 address: Any = (socket.inet_ntop(socket.AF_INET, raw), self._port)
             else:  # an IPv4 datagram on a dual-stack socket: an IPv4-mapped address
                 address = (socket.inet_ntop(socket.AF_INET6, _V4_MAPPED + raw), self._port, 0, 0)
+                if self._short:
+                    address = address[:2]
         else:
             packed, index = raw[:16], int.from_bytes(raw[16:20], sys.byteorder)
             link_local = packed[0] == 0xFE and packed[1] & 0xC0 == 0x80
             host = socket.inet_ntop(socket.AF_INET6, packed)
             if self._family == socket.AF_INET and packed[:12] == _V4_MAPPED:
                 address = (socket.inet_ntop(socket.AF_INET, packed[12:]), self._port)
+            elif self._short:
+                address = (host, self._port)
             else:
                 address = (host, self._port, 0, index if link_local else 0)
         if len(self._addresses) >= _CACHE_SIZE:

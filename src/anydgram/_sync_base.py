@@ -20,7 +20,7 @@ import anyio
 from ._client_request import BUSY_ACTION, Match, ThreadedRequests
 from ._endpoint_base import Address, check_max_count, parse_batch
 from ._errors import DatagramProtocolParseError
-from ._metadata import DatagramMetadata, MetadataParser
+from ._metadata import DatagramMetadata, MetadataParser, no_metadata_error
 from ._protocol import DatagramProtocol, RecvT, SendT, default_protocol
 from ._retry_schedule import AttemptSchedule
 from ._socket_os import normalize_address
@@ -187,7 +187,7 @@ class SyncBase(Generic[SendT, RecvT]):
     def _metadata_parser(self) -> MetadataParser:
         parser = self._io.metadata
         if parser is None:
-            raise ValueError(f"this {type(self).__name__} was opened without receive_metadata=True")
+            raise no_metadata_error(self, self._io.sock.family)
         return parser
 
     def _recv_with_metadata(self, timeout: float | None) -> tuple[RecvT, Address, DatagramMetadata]:
