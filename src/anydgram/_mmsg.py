@@ -188,12 +188,20 @@ def unpack_batch(
         key = names[name_offset : name_offset + namelen]
         address = addresses.get(key)
         if address is None:
-            address = decode(key)
-            if len(addresses) >= cache_size:
-                addresses.clear()
-            addresses[key] = address
+            address = _remember(addresses, key, decode, cache_size)
         append((data[offset : offset + length].tobytes(), address, None, None))
     return batch, sum(lengths) - skipped_bytes, oversize
+
+
+def _remember(
+    addresses: dict[bytes, Any], key: bytes, decode: Callable[[bytes], Any], cache_size: int
+) -> Any:
+    """A sender's ``sockaddr`` not in the cache yet: decoded and cached (a full cache cleared)."""
+    address = decode(key)
+    if len(addresses) >= cache_size:
+        addresses.clear()
+    addresses[key] = address
+    return address
 
 
 def _unpack_with_controls(
@@ -224,10 +232,7 @@ def _unpack_with_controls(
         key = names[name_offset : name_offset + namelen]
         address = addresses.get(key)
         if address is None:
-            address = decode(key)
-            if len(addresses) >= cache_size:
-                addresses.clear()
-            addresses[key] = address
+            address = _remember(addresses, key, decode, cache_size)
         control = controls[control_offset : control_offset + control_length].tobytes()
         batch.append((data[offset : offset + length].tobytes(), address, None, control))
     return batch, sum(lengths) - skipped_bytes, oversize
