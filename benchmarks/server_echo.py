@@ -23,7 +23,7 @@ import math
 import os
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -461,38 +461,47 @@ def render_load(results: Results, load: Load) -> str:
     return "\n".join([f"#### {load} ({load.purpose})", "", markdown_table(headers, lines)])
 
 
-#: Rows set against PLAIN for what one option costs: kind -> (table title, column, the limit).
-OVERHEAD_ROWS = {"anydgram-server-metadata": ("Asking for receive metadata", "metadata", 1.15)}
+#: Rows set against PLAIN for what one option costs: kind -> the CPU ratio it may cost at most.
+OVERHEAD_LIMITS = {"anydgram-server-metadata": 1.15}
+
+
+def _against_plain(
+    results: Results, plan: Plan, wanted: Callable[[Row], bool]
+) -> Iterator[tuple[Row, Load, list[dict[str, Any]], list[dict[str, Any]]]]:
+    """``(row, load, rounds, plain rounds)`` for each ``wanted`` row and load that PLAIN ran too."""
+    for row in results:
+        plain = Row(PLAIN, row.backend)
+        if not wanted(row) or plain not in results:
+            continue
+        for load in plan.loads_for(SERVERS[row.kind]):
+            rounds = _load_rounds(results, row, load)
+            base = _load_rounds(results, plain, load)
+            if rounds is not None and base is not None:
+                yield row, load, rounds, base
 
 
 def render_overheads(results: Results, plan: Plan) -> str | None:
     """The metadata row against the plain bytes row: the CPU per datagram the option costs."""
     lines = []
-    for row in results:
-        plain = Row(PLAIN, row.backend)
-        if row.kind not in OVERHEAD_ROWS or plain not in results:
-            continue
-        _, _, limit = OVERHEAD_ROWS[row.kind]
-        for load in plan.loads_for(SERVERS[row.kind]):
-            rounds = _load_rounds(results, row, load)
-            base = _load_rounds(results, plain, load)
-            if rounds is None or base is None:
-                continue
-            cpu = _metric(rounds, "server_cpu_us_per_datagram")
-            base_cpu = _metric(base, "server_cpu_us_per_datagram")
-            ratio = Summary.of(paired_ratios(cpu, base_cpu))
-            verdict = "-" if math.isnan(ratio.median) else "yes" if ratio.median <= limit else "no"
-            lines.append(
-                [
-                    row.kind,
-                    row.backend,
-                    str(load),
-                    Summary.of(base_cpu).format(".2f"),
-                    Summary.of(cpu).format(".2f"),
-                    ratio.format(".3f", "x"),
-                    f"<= {limit:g}x: {verdict}",
-                ]
-            )
+    for row, load, rounds, base in _against_plain(
+        results, plan, lambda row: row.kind in OVERHEAD_LIMITS
+    ):
+        limit = OVERHEAD_LIMITS[row.kind]
+        cpu = _metric(rounds, "server_cpu_us_per_datagram")
+        base_cpu = _metric(base, "server_cpu_us_per_datagram")
+        ratio = Summary.of(paired_ratios(cpu, base_cpu))
+        verdict = "-" if math.isnan(ratio.median) else "yes" if ratio.median <= limit else "no"
+        lines.append(
+            [
+                row.kind,
+                row.backend,
+                str(load),
+                Summary.of(base_cpu).format(".2f"),
+                Summary.of(cpu).format(".2f"),
+                ratio.format(".3f", "x"),
+                f"<= {limit:g}x: {verdict}",
+            ]
+        )
     if not lines:
         return None
     headers = ["row", "backend", "load", "plain CPU us/dgram", "CPU us/dgram", "CPU x plain", ""]
@@ -567,39 +576,33 @@ def render_time_split(results: Results) -> str | None:
 def render_scraping(results: Results, plan: Plan) -> str | None:
     """The scraped rows against the same server unscraped: what serving /metrics costs."""
     lines = []
-    for row in results:
-        plain = Row(PLAIN, row.backend)
-        if not SERVERS[row.kind].scraped or plain not in results:
-            continue
-        for load in plan.loads_for(SERVERS[row.kind]):
-            rounds = _load_rounds(results, row, load)
-            base = _load_rounds(results, plain, load)
-            if rounds is None or base is None:
-                continue
-            cpu = _metric(rounds, "server_cpu_us_per_datagram")
-            base_cpu = _metric(base, "server_cpu_us_per_datagram")
-            scrapes = _metric(rounds, "scrapes")
-            rates = [
-                n / s if s else math.nan
-                for n, s in zip(scrapes, _metric(rounds, "scrape_seconds"), strict=True)
+    for row, load, rounds, base in _against_plain(
+        results, plan, lambda row: SERVERS[row.kind].scraped
+    ):
+        cpu = _metric(rounds, "server_cpu_us_per_datagram")
+        base_cpu = _metric(base, "server_cpu_us_per_datagram")
+        scrapes = _metric(rounds, "scrapes")
+        rates = [
+            n / s if s else math.nan
+            for n, s in zip(scrapes, _metric(rounds, "scrape_seconds"), strict=True)
+        ]
+        last = Summary.of(_metric(rounds, "scraped_datagrams_received")).median
+        lines.append(
+            [
+                row.backend,
+                str(load),
+                Summary.of(base_cpu).format(".2f"),
+                Summary.of(cpu).format(".2f"),
+                Summary.of(paired_ratios(cpu, base_cpu)).format(".3f", "x"),
+                Summary.of(paired_ratios(_metric(rounds, "rate"), _metric(base, "rate"))).format(
+                    ".3f", "x"
+                ),
+                f"{_count(rounds, 'scrapes')} ({Summary.of(scrapes).median:.0f})",
+                f"{Summary.of(rates).median:.1f}",
+                _count(rounds, "scrape_failures"),
+                "-" if math.isnan(last) else f"{last:.0f}",
             ]
-            last = Summary.of(_metric(rounds, "scraped_datagrams_received")).median
-            lines.append(
-                [
-                    row.backend,
-                    str(load),
-                    Summary.of(base_cpu).format(".2f"),
-                    Summary.of(cpu).format(".2f"),
-                    Summary.of(paired_ratios(cpu, base_cpu)).format(".3f", "x"),
-                    Summary.of(
-                        paired_ratios(_metric(rounds, "rate"), _metric(base, "rate"))
-                    ).format(".3f", "x"),
-                    f"{_count(rounds, 'scrapes')} ({Summary.of(scrapes).median:.0f})",
-                    f"{Summary.of(rates).median:.1f}",
-                    _count(rounds, "scrape_failures"),
-                    "-" if math.isnan(last) else f"{last:.0f}",
-                ]
-            )
+        )
     if not lines:
         return None
     headers = [
