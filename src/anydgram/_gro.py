@@ -16,7 +16,6 @@ receives metadata, every datagram cut out of one buffer shares that buffer's con
 from __future__ import annotations
 
 import socket
-import sys
 from typing import Any, Final
 
 import anyio
@@ -24,12 +23,9 @@ import anyio
 from ._compiled import speedups
 from ._io_core import MAX_BATCH, Received, SocketCore, Tally
 from ._metadata import MSG_CTRUNC
+from ._socket_os import SOL_UDP, UDP_GRO, segment_size
 
 __all__ = ("SOL_UDP", "UDP_GRO", "RecvGro", "enable_gro", "split_segments")
-
-#: Linux's values (the socket module does not export them on Python 3.11).
-SOL_UDP: Final = 17
-UDP_GRO: Final = 104
 
 #: Room for the control messages of one receive: the UDP_GRO segment size (a cmsghdr and an
 #: int, 24 bytes on 64-bit Linux), the metadata's when asked for (about 120 bytes), and
@@ -50,14 +46,6 @@ def enable_gro(core: SocketCore) -> bool:
     except OSError:
         return False
     return True
-
-
-def segment_size(ancillary: list[tuple[int, int, bytes]]) -> int:
-    """The ``UDP_GRO`` segment size among a receive's control messages, 0 if there is none."""
-    for level, kind, value in ancillary:
-        if level == SOL_UDP and kind == UDP_GRO and len(value) >= 4:
-            return int.from_bytes(value[:4], sys.byteorder, signed=True)
-    return 0
 
 
 def split_segments(data: bytes, size: int, tail: tuple[Any, ...]) -> list[Received]:
@@ -81,12 +69,11 @@ class RecvGro:
     :mod:`ctypes`, whose slots cost a copy more.)
     """
 
-    __slots__ = ("_control_size", "_core", "_metadata", "_rest")
+    __slots__ = ("_core", "_metadata", "_rest")
 
     def __init__(self, core: SocketCore) -> None:
         self._core = core
         self._metadata = core.metadata is not None
-        self._control_size = GRO_CONTROL_SIZE
         #: Datagrams cut out of a buffer that the last call had no room for (counted); every
         #: receive takes them first, so they never wait for the socket to be readable.
         self._rest: list[Received] = []
@@ -104,7 +91,7 @@ class RecvGro:
         self._rest = []
         recvmsg = core.sock.recvmsg
         limit = core.max_datagram_size
-        control_size = self._control_size
+        control_size = GRO_CONTROL_SIZE
         metadata = self._metadata
         skipped = 0
         while len(batch) < max_count and skipped < MAX_BATCH:

@@ -24,11 +24,14 @@ __all__ = (
     "IS_LINUX",
     "MAX_DRAIN_AT_CLOSE",
     "SK_MEMINFO_DROPS",
+    "SOL_UDP",
     "SO_MEMINFO",
+    "UDP_GRO",
     "BoundPath",
     "drain_unread",
     "normalize_address",
     "read_kernel_drops",
+    "segment_size",
     "set_recverr",
 )
 
@@ -138,15 +141,23 @@ def drain_unread(sock: SocketLike, limit: int = MAX_DRAIN_AT_CLOSE) -> int:
 
 
 #: Linux's ``SOL_UDP`` and ``UDP_GRO`` (not in the socket module on Python 3.11).
-_SOL_UDP: Final = 17
-_UDP_GRO: Final = 104
+SOL_UDP: Final = 17
+UDP_GRO: Final = 104
+
+
+def segment_size(ancillary: list[tuple[int, int, bytes]]) -> int:
+    """The ``UDP_GRO`` segment size among a receive's control messages, 0 if there is none."""
+    for level, kind, value in ancillary:
+        if level == SOL_UDP and kind == UDP_GRO and len(value) >= 4:
+            return int.from_bytes(value[:4], sys.byteorder, signed=True)
+    return 0
 
 
 def _has_gro(sock: socket.socket) -> bool:
     if not IS_LINUX or sock.family not in (socket.AF_INET, socket.AF_INET6):
         return False
     try:
-        return bool(sock.getsockopt(_SOL_UDP, _UDP_GRO))
+        return bool(sock.getsockopt(SOL_UDP, UDP_GRO))
     except OSError:
         return False
 
@@ -168,10 +179,7 @@ def _drain_coalesced(sock: socket.socket, limit: int) -> int:
                 errors += 1
                 continue
             break
-        size = 0
-        for level, kind, value in ancillary:
-            if level == _SOL_UDP and kind == _UDP_GRO and len(value) >= 4:
-                size = int.from_bytes(value[:4], sys.byteorder, signed=True)
+        size = segment_size(ancillary)
         count += -(-length // size) if 0 < size < length else 1
     return min(count, limit)
 
