@@ -48,13 +48,20 @@ def test_serve_metrics_are_scraped_from_a_real_endpoint(
         for _ in range(3):
             assert exchange("127.0.0.1", port, b"ping") is not None
         url = f"http://127.0.0.1:{metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as response:
-            text = response.read().decode()
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name.startswith("anydgram_") and "_created" not in sample.name:
-                    assert sample.labels == {"name": "serve"}
-                    scraped[sample.name] = sample.value
+        # A batched reply is counted once sendmmsg returns, which may be just after the client
+        # has it (ctypes lets other threads run during the call): scrape until it is counted.
+        deadline = time.monotonic() + 5
+        while True:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                text = response.read().decode()
+            for family in text_string_to_metric_families(text):
+                for sample in family.samples:
+                    if sample.name.startswith("anydgram_") and "_created" not in sample.name:
+                        assert sample.labels == {"name": "serve"}
+                        scraped[sample.name] = sample.value
+            if scraped.get("anydgram_datagrams_sent_total") == 3 or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
 
     argv = ["serve", "127.0.0.1", str(port), "--metrics", str(metrics_port)]
     status, errors = run_main_with([*argv, "--stats-interval", "0.1"], client)
